@@ -96,7 +96,7 @@ def open_url(
             raise UserError(f"{path}: file not found")
         data = Path(path).read_bytes()
         if sha256 is not None and _sha256(data) != sha256:
-            raise UserError(f"{path}: SHA-256 checksum mismatch (expected {sha256}); the file is corrupt or a different version")
+            raise UserError(f"{path}: SHA-256 checksum mismatch (expected {sha256}); corrupt file or another version")
         return io.BytesIO(data)
 
     cache = Path(cache_dir) if cache_dir is not None else get_cache_dir("downloads")
