@@ -110,8 +110,15 @@ def test_upfirdn2d_matches_brute_force(h, w, taps, up, down, padding, flip_filte
     gain = 1.7
     y = ufd.upfirdn2d(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
     f2d = _as_2d(f.double().numpy()) if f is not None else np.ones((1, 1))
-    ref = _ref_upfirdn(x.double().numpy(), f2d, ufd._pair(up, "up"), ufd._pair(down, "down"),
-                       ufd.parse_padding(padding), flip_filter, gain)  # fmt: skip
+    ref = _ref_upfirdn(
+        x.double().numpy(),
+        f2d,
+        ufd._pair(up, "up"),
+        ufd._pair(down, "down"),
+        ufd.parse_padding(padding),
+        flip_filter,
+        gain,
+    )
     assert y.shape == ref.shape
     np.testing.assert_allclose(y.numpy(), ref, atol=ATOL32, rtol=0)
 
@@ -229,10 +236,20 @@ def test_conv2d_resample_matches_brute_force(k, up, down, padding, groups, taps,
     x = torch.randn(2, 2 * groups, 6, 5)
     w = torch.randn(3 * groups, 2, k, k)
     f = ufd.setup_filter(taps)
-    y = conv2d_resample(x, w, f, up=up, down=down, padding=padding, groups=groups, flip_weight=flip_weight,
-                        flip_filter=flip_filter)  # fmt: skip
-    ref = _ref_conv2d_resample(x.double().numpy(), w.double().numpy(), _as_2d(f.double().numpy()), up, down,
-                               ufd.parse_padding(padding), groups, flip_weight, flip_filter)  # fmt: skip
+    y = conv2d_resample(
+        x, w, f, up=up, down=down, padding=padding, groups=groups, flip_weight=flip_weight, flip_filter=flip_filter
+    )
+    ref = _ref_conv2d_resample(
+        x.double().numpy(),
+        w.double().numpy(),
+        _as_2d(f.double().numpy()),
+        up,
+        down,
+        ufd.parse_padding(padding),
+        groups,
+        flip_weight,
+        flip_filter,
+    )
     assert y.shape == ref.shape
     np.testing.assert_allclose(y.numpy(), ref, atol=ATOL32 * 4, rtol=0)  # sums of ~50 O(1) products
 
