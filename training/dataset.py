@@ -89,9 +89,12 @@ class FileArchive:
     def open_image(self, name: str, decode: bool = True) -> Image.Image:
         """Opens an image; ``decode=False`` reads only the header (size and mode). UserError when unreadable."""
         try:
-            img = Image.open(io.BytesIO(self.read_bytes(name)))
             if decode:
+                img = Image.open(io.BytesIO(self.read_bytes(name)))
                 img.load()
+            else:  # PIL reads only as far as the header
+                with self._zipfile().open(name) if self.is_zip else open(self.where(name), "rb") as f:
+                    img = Image.open(f)
         except _DECODE_ERRORS as e:
             raise UserError(f"{self.where(name)}: cannot read image ({e})") from e
         return img
