@@ -236,6 +236,30 @@ def test_render_options_compose():
     torch.testing.assert_close(white.features, ref.features + 1 - ref.weight, rtol=0, atol=1e-6)
 
 
+def test_two_pass_render_equals_dense_recomputation():
+    """Record every point the renderer decodes, rebuild each ray's merged, sorted depths from them, evaluate the field
+    there directly and march: the render must match (catches any mis-pairing of σ, features and depths)."""
+    label = _label(_orbit_origin(0.4, 0.1, 2.7, (0, 0, 0)), (0.0, 0.0, 0.0))
+    calls = []
+
+    def decode(points, dirs):
+        calls.append(points)
+        return _sphere_decode(points, dirs)
+
+    opts = RenderOptions(depth_resolution=10, depth_resolution_importance=7, triplane_crop=0.12, density_noise=0.0)
+    out = render_volume(decode, label, 3, opts, torch.Generator().manual_seed(5))
+    origins, dirs = camera_rays(label, 3)
+    pts = torch.cat([c.reshape(1, 9, -1, 3) for c in calls], dim=2)  # [1, rays, 17, 3]
+    depths = torch.sort(torch.linalg.norm(pts - origins[:, :, None], dim=-1), dim=-1).values
+    pts = origins[:, :, None] + depths[..., None] * dirs[:, :, None]
+    raw, feats = _sphere_decode(pts, None)
+    raw = torch.where((pts[..., :1].abs() > 0.38) | (pts[..., 2:].abs() > 0.38), -1e3, raw)
+    ref = composite(depths, raw, feats)
+    torch.testing.assert_close(out.features.reshape(2, 9).T, ref.features[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(out.weight.reshape(9, 1), ref.weight[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(out.depth.reshape(9, 1), ref.depth[0], rtol=0, atol=1e-10)
+
+
 def test_merged_samples_keep_their_values_and_seeds_reproduce():
     """Features = distance from the camera: after merging and sorting coarse and fine samples, F / W must equal the
     expected depth, which only holds if every sample kept its own value."""
