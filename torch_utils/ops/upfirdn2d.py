@@ -139,7 +139,7 @@ def upfirdn2d(
         raise ValueError(f"upfirdn2d: x must be [N, C, H, W], got shape {tuple(x.shape)}")
     upx, upy = _pair(up, "up")
     downx, downy = _pair(down, "down")
-    filter_size(f)
+    filter_size(f)  # validates the filter's rank before any work
     x = _zero_insert(x, upx, upy)
     x = _pad_or_crop(x, parse_padding(padding))
     if f is None:
