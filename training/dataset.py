@@ -193,7 +193,7 @@ def select_items(
         idx = idx[(abs_yaw >= yaw_range[0]) & (abs_yaw <= yaw_range[1])]
     if max_size is not None and len(idx) > max_size:
         shuffled = idx.copy()
-        np.random.RandomState(random_seed % (1 << 31)).shuffle(shuffled)
+        np.random.RandomState(random_seed % (1 << 32)).shuffle(shuffled)
         idx = np.sort(shuffled[:max_size])
     repeats = np.where(abs_yaw[idx] >= BACK_VIEW_YAW_DEG, back_repeat, 1)
     return np.repeat(idx, repeats)
@@ -208,7 +208,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         xflip: double the dataset with left-right mirrored copies; their labels are mirrored too (``mirror_label``).
         max_size: use at most this many distinct images (a deterministic random subset, see ``select_items``).
         mask_path: folder or .zip of single-channel masks named like the images (extension may differ). None: masks
-            come from the images' alpha channel when they have one, else there are no masks.
+            come from the images' alpha channel when they have one, else there are no masks. With a mask_path, an
+            alpha channel in the images is ignored.
         resolution: expected image size; every image must be square in any case.
         yaw_range: (min, max) degrees; keep images whose camera has min <= |yaw| <= max.
         back_repeat: number of times each back view (|yaw| >= 90 deg) appears (PanoHead's released setting: 4).
