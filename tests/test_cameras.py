@@ -25,8 +25,11 @@ def _project(label: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 def _rot(axis: str, angle: float) -> torch.Tensor:
     c, s = math.cos(angle), math.sin(angle)
-    m = {"x": [[1, 0, 0], [0, c, -s], [0, s, c]], "y": [[c, 0, s], [0, 1, 0], [-s, 0, c]],
-         "z": [[c, -s, 0], [s, c, 0], [0, 0, 1]]}[axis]
+    m = {
+        "x": [[1, 0, 0], [0, c, -s], [0, s, c]],
+        "y": [[c, 0, s], [0, 1, 0], [-s, 0, c]],
+        "z": [[c, -s, 0], [s, c, 0], [0, 0, 1]],
+    }[axis]
     return torch.tensor(m, dtype=F64)
 
 

@@ -47,8 +47,9 @@ def _write(root: Path, files: dict[str, bytes], as_zip: bool) -> Path:
     return root
 
 
-def _dataset_files(images: list[np.ndarray], labels: np.ndarray | None, as_strings: bool = False,
-                   ext: str = ".png") -> dict[str, bytes]:
+def _dataset_files(
+    images: list[np.ndarray], labels: np.ndarray | None, as_strings: bool = False, ext: str = ".png"
+) -> dict[str, bytes]:
     """EG3D layout: 00000/img%08d.png plus dataset.json."""
     names = [f"00000/img{i:08d}{ext}" for i in range(len(images))]
     files = {}
@@ -223,11 +224,15 @@ def test_mask_errors_name_the_file(tmp_path):
     path = _write(tmp_path / "img", _dataset_files(_random_images(2), _labels_for_yaws([0, 1])), True)
     mask = _png(np.zeros((RES, RES), np.uint8))
     cases = [
-        ({"00000/img00000000.png": mask, "00000/img00000001.png": mask, "00000/img00000007.png": mask},
-         r"masks\.zip:00000/img00000007\.png: mask with no matching image"),
+        (
+            {"00000/img00000000.png": mask, "00000/img00000001.png": mask, "00000/img00000007.png": mask},
+            r"masks\.zip:00000/img00000007\.png: mask with no matching image",
+        ),
         ({"00000/img00000000.png": mask}, r"img\.zip:00000/img00000001\.png: no mask"),
-        ({"00000/img00000000.png": mask, "00000/img00000001.png": _png(np.zeros((RES, RES, 3), np.uint8))},
-         r"masks\.zip:00000/img00000001\.png: a mask must be a single-channel"),
+        (
+            {"00000/img00000000.png": mask, "00000/img00000001.png": _png(np.zeros((RES, RES, 3), np.uint8))},
+            r"masks\.zip:00000/img00000001\.png: a mask must be a single-channel",
+        ),
     ]
     for k, (files, match) in enumerate(cases):
         (tmp_path / f"m{k}").mkdir()

@@ -31,8 +31,17 @@ LABELS_FILE = "dataset.json"
 # Images with |yaw| at or beyond this are back views, repeated `back_repeat` times (PanoHead's rebalancing).
 BACK_VIEW_YAW_DEG = 90.0
 # Image modes we read, mapped to (colour mode, whether the file carries an alpha channel).
-_MODES = {"1": ("L", False), "L": ("L", False), "LA": ("L", True), "RGB": ("RGB", False), "RGBA": ("RGB", True),
-          "CMYK": ("RGB", False), "YCbCr": ("RGB", False), "P": ("RGB", False), "PA": ("RGB", True)}
+_MODES = {
+    "1": ("L", False),
+    "L": ("L", False),
+    "LA": ("L", True),
+    "RGB": ("RGB", False),
+    "RGBA": ("RGB", True),
+    "CMYK": ("RGB", False),
+    "YCbCr": ("RGB", False),
+    "P": ("RGB", False),
+    "PA": ("RGB", True),
+}
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
 
 
@@ -146,12 +155,15 @@ def match_masks(masks: FileArchive, names: Sequence[str], images: FileArchive) -
     image_stems = {os.path.splitext(n)[0] for n in names}
     orphans = sorted(set(by_stem) - image_stems)
     if orphans:
-        raise UserError(f"{masks.where(by_stem[orphans[0]])}: mask with no matching image in {images.path} "
-                        f"({len(orphans)} such masks)")
+        raise UserError(
+            f"{masks.where(by_stem[orphans[0]])}: mask with no matching image in {images.path} "
+            f"({len(orphans)} such masks)"
+        )
     missing = [n for n in names if os.path.splitext(n)[0] not in by_stem]
     if missing:
-        raise UserError(f"{images.where(missing[0])}: no mask with the same name in {masks.path} "
-                        f"({len(missing)} images lack masks)")
+        raise UserError(
+            f"{images.where(missing[0])}: no mask with the same name in {masks.path} ({len(missing)} images lack masks)"
+        )
     return [by_stem[os.path.splitext(n)[0]] for n in names]
 
 
@@ -238,7 +250,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if not self._names:
             raise UserError(f"dataset path {self._images.path!r}: no image files found")
         self._masks = FileArchive(mask_path, "mask_path") if mask_path is not None else None
-        self._mask_names = match_masks(self._masks, self._names, self._images) if self._masks else None
+        self._mask_names = match_masks(self._masks, self._names, self._images) if self._masks is not None else None
         self._scan_headers(resolution)
         self._labels = read_labels(self._images, self._names) if use_labels else None
         dummy = np.zeros([len(self._names), LABEL_DIM], np.float32)
@@ -255,11 +267,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self._mode, self._has_alpha = _mode_of(first, self._images.where(self._names[0]))
         self._size = first.size[0]
         if first.size[0] != first.size[1]:
-            raise UserError(f"{self._images.where(self._names[0])}: images must be square, got {first.size[0]}x"
-                            f"{first.size[1]} (dataset_tool.py convert crops and resizes)")
+            raise UserError(
+                f"{self._images.where(self._names[0])}: images must be square, got {first.size[0]}x"
+                f"{first.size[1]} (dataset_tool.py convert crops and resizes)"
+            )
         if resolution is not None and self._size != resolution:
-            raise UserError(f"{self._images.path}: images are {self._size}x{self._size}, expected resolution "
-                            f"{resolution}")
+            raise UserError(
+                f"{self._images.path}: images are {self._size}x{self._size}, expected resolution {resolution}"
+            )
         for i, name in enumerate(self._names):
             self._check_image(self._images.open_image(name, decode=False), name)
             if self._mask_names is not None:
@@ -269,11 +284,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         where = self._images.where(name)
         mode, has_alpha = _mode_of(img, where)
         if img.size != (self._size, self._size):
-            raise UserError(f"{where}: image is {img.size[0]}x{img.size[1]} but {self._images.where(self._names[0])}"
-                            f" is {self._size}x{self._size}; all images must have the same size")
+            raise UserError(
+                f"{where}: image is {img.size[0]}x{img.size[1]} but {self._images.where(self._names[0])}"
+                f" is {self._size}x{self._size}; all images must have the same size"
+            )
         if (mode, has_alpha) != (self._mode, self._has_alpha):
-            raise UserError(f"{where}: mode {img.mode} differs from the first image's; all images need the same "
-                            f"channels (grayscale, RGB, or RGBA)")
+            raise UserError(
+                f"{where}: mode {img.mode} differs from the first image's; all images need the same "
+                f"channels (grayscale, RGB, or RGBA)"
+            )
 
     def _check_mask(self, img: Image.Image, name: str) -> None:
         where = self._masks.where(name)
