@@ -63,6 +63,19 @@ def test_modulated_conv_fused_nonfused_and_loop_agree(demodulate, up, down):
     torch.testing.assert_close(nonfused, expected, **F64_TOL)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_modulated_conv_float16_prenormalisation(fused):
+    # |w * s| up to ~3e4 makes the demodulation sum of squares (~1e10) overflow float16 unless the float16 path
+    # rescales weight and styles first. Tolerance: float16 has ~1e-3 relative precision; outputs are O(3).
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    weight = torch.randn(5, 4, 3, 3, dtype=torch.float64) * 300
+    styles = torch.randn(3, 4, dtype=torch.float64) * 100
+    out = modulated_conv2d(x.half(), weight.half(), styles.half(), padding=1, fused_modconv=fused)
+    expected = _modconv_loop(x, weight, styles, demodulate=True)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-2)
+
+
 def test_demodulated_output_has_unit_variance():
     # Each output pixel is sum_j a_j x_j with sum_j a_j^2 = 1 (demodulation) and x_j iid N(0,1): exactly N(0,1).
     # M independent samples (one centre pixel of one channel per sample): mean(y^2) has std sqrt(2/M); allow 5 std.
@@ -70,11 +83,12 @@ def test_demodulated_output_has_unit_variance():
     x = torch.randn(m, 8, 3, 3, dtype=torch.float64)
     weight = torch.randn(1, 8, 3, 3, dtype=torch.float64)
     styles = torch.rand(m, 8, dtype=torch.float64) * 3
-    y = modulated_conv2d(x, weight, styles, padding=1)[:, 0, 1, 1]
+    # Non-fused: the same linear map as the fused path (tested above), much cheaper than 20000 groups.
+    y = modulated_conv2d(x, weight, styles, padding=1, fused_modconv=False)[:, 0, 1, 1]
     tol = 5 * math.sqrt(2 / m)
     assert abs(y.square().mean().item() - 1) < tol
     # Without demodulation the same styles change the variance far beyond that tolerance.
-    y_raw = modulated_conv2d(x, weight, styles, padding=1, demodulate=False)[:, 0, 1, 1]
+    y_raw = modulated_conv2d(x, weight, styles, padding=1, demodulate=False, fused_modconv=False)[:, 0, 1, 1]
     assert abs(y_raw.square().mean().item() - 1) > 100 * tol
 
 
@@ -304,12 +318,13 @@ def test_conditional_generator_32_forward_backward_is_fast():
     G = Generator(z_dim=16, c_dim=25, w_dim=16, img_resolution=32, img_channels=3, channel_base=256,
                   channel_max=32, mapping_kwargs=dict(num_layers=2))
     z, c = torch.randn(4, 16), torch.randn(4, 25)
-    G(z, c).sum().backward()  # warm-up (first-call allocations)
-    start = time.perf_counter()
-    img = G(z, c, truncation_psi=0.7, update_emas=True)
-    img.square().mean().backward()
-    elapsed = time.perf_counter() - start
+    times = []
+    for _ in range(3):  # CPU time, best of 3: unaffected by other processes on a shared machine and first-call setup
+        start = time.process_time()
+        img = G(z, c, truncation_psi=0.7, update_emas=True)
+        img.square().mean().backward()
+        times.append(time.process_time() - start)
     assert img.shape == (4, 3, 32, 32)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in G.parameters())
-    # "well under a second" on one core; 3 s leaves room for a shared, loaded CI machine.
-    assert elapsed < 3.0, f"G forward+backward at 32x32 took {elapsed:.2f} s"
+    # Measured 0.04-0.1 CPU-s (all threads) after the first call; the bound leaves headroom for slower CPUs.
+    assert min(times) < 2.0, f"G forward+backward at 32x32 took {min(times):.2f} CPU-s"

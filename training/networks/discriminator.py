@@ -174,6 +174,7 @@ class Discriminator(torch.nn.Module):
     the 4x4 channel count). Dual/tri variants subclass this and assemble their multi-channel input in ``forward``.
     ``block_kwargs`` go to every DiscriminatorBlock (e.g. freeze_layers), ``mapping_kwargs`` to the MappingNetwork
     (8 layers, lr multiplier 0.01 by default), ``epilogue_kwargs`` to the epilogue (e.g. mbstd_group_size).
+    Defaults num_fp16_res=4 and conv_clamp=256 are the EG3D / PanoHead discriminator settings.
     """
 
     def __init__(self, c_dim: int, img_resolution: int, img_channels: int, architecture: str = "resnet",

@@ -8,8 +8,9 @@ Conventions (this file):
   their weights load by name with ``load_state_dict(strict=True)``. Registration order is chosen so that the
   state_dict lists tensors in the same order as theirs.
 - Mixed precision: blocks at the ``num_fp16_res`` highest resolutions run in float16 only on CUDA. On any other device
-  they run in float32: CPU float16 convolutions are slow or missing (transposed conv has no CPU half kernel) and
-  bfloat16 keeps too few mantissa bits for the demodulation sums to reproduce official weights' outputs.
+  they run in the parameters' dtype (float32): CPU float16 convolutions are slow and historically incomplete
+  (stylegan2-ada-pytorch#105), and bfloat16 autocast (8-bit mantissa) would move outputs far beyond float32 rounding,
+  so CPU results would stop matching the float32 reference computation that tests and official weights rely on.
 """
 
 from __future__ import annotations
@@ -391,7 +392,8 @@ class SynthesisNetwork(torch.nn.Module):
 
     Each block reads ws[:, i : i + num_conv + num_torgb] and advances i by num_conv, so a block's ToRGB shares its w
     with the next block's conv0; num_ws = 2 * log2(R) - 2. ``img_channels`` may be anything (3 for RGB, 96 or 288 for
-    tri-planes/tri-grids, 22+ for Gaussian UV maps).
+    tri-planes/tri-grids, 22+ for Gaussian UV maps). Defaults num_fp16_res=0 and conv_clamp=None are EG3D's
+    generator training settings (stylegan2-ada-pytorch trained with 4 and 256).
     """
 
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
