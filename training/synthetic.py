@@ -152,7 +152,7 @@ def _gather(x: Tensor, index: Tensor) -> Tensor:
 
 
 def shade(prims: Primitives, origins: Tensor, dirs: Tensor, depth: Tensor, index: Tensor, on_plane: Tensor) -> Tensor:
-    """Colours [N, R, 3] in [0, 1] of the hits returned by ``trace_rays`` (arguments as there); misses get BACKGROUND."""
+    """Colours [N, R, 3] in [0, 1] of the hits of ``trace_rays``; rays flattened to [N, R]; misses get BACKGROUND."""
     dt = dirs.dtype
     hit = torch.isfinite(depth)
     x = origins[:, None] + torch.where(hit, depth, 0.0)[..., None] * dirs  # [N, R, 3] world
@@ -236,38 +236,75 @@ def archive_name(index: int) -> str:
     return f"{index:08d}"[:5] + f"/img{index:08d}.png"
 
 
-def _png(array: np.ndarray) -> bytes:
-    """Uncompressed PNG bytes of a uint8 HWC (or HW) array."""
-    buf = io.BytesIO()
-    PIL.Image.fromarray(array).save(buf, format="PNG", compress_level=0)
-    return buf.getvalue()
-
-
-def _zip_entry(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-    info.compress_type = zipfile.ZIP_STORED
-    return info
-
-
 def default_masks_path(dest: str | os.PathLike) -> Path:
     """``heads.zip`` -> ``heads_masks.zip``: where masks go when no masks destination is given."""
     dest = Path(dest)
     return dest.with_name(dest.stem + "_masks" + dest.suffix)
 
 
-def _check_options(dest: Path, masks_dest: Path, count: int, resolution: int, supersample: int) -> None:
-    if dest.suffix.lower() != ".zip" or masks_dest.suffix.lower() != ".zip":
-        raise UserError(f"--dest and --masks-dest must be .zip files, got '{dest}' and '{masks_dest}'")
-    if dest.resolve() == masks_dest.resolve():
-        raise UserError(f"--masks-dest must differ from --dest ('{dest}')")
-    if count < 1:
-        raise UserError(f"--count must be at least 1, got {count}")
-    if resolution < 4 or resolution & (resolution - 1):
-        raise UserError(f"--resolution must be a power of two >= 4, got {resolution}")
-    if supersample < 1:
-        raise UserError(f"--supersample must be at least 1, got {supersample}")
-    if not dest.parent.is_dir():
-        raise UserError(f"--dest: folder '{dest.parent}' does not exist")
+class DatasetWriter:
+    """Writes an EG3D-layout dataset zip (and optionally a masks zip with the same names), atomically.
+
+    Images are numbered in the order added (``archive_name``), stored as uncompressed PNGs in an uncompressed zip with
+    fixed timestamps (identical inputs give identical bytes); ``dataset.json`` = {"labels": [[name, [25 floats]]]}.
+    Both zips are written under temporary names and renamed when the ``with`` block ends without an exception.
+    """
+
+    def __init__(self, dest: str | os.PathLike, masks_dest: str | os.PathLike | None) -> None:
+        self.dest, self.masks_dest = Path(dest), None if masks_dest is None else Path(masks_dest)
+        for option, path in (("--dest", self.dest), ("--masks-dest", self.masks_dest)):
+            if path is not None and path.suffix.lower() != ".zip":
+                raise UserError(f"{option} must be a .zip file, got '{path}'")
+            if path is not None and not path.parent.is_dir():
+                raise UserError(f"{option}: folder '{path.parent}' does not exist")
+        if self.masks_dest is not None and self.dest.resolve() == self.masks_dest.resolve():
+            raise UserError(f"--masks-dest must differ from --dest ('{self.dest}')")
+        self._labels: list = []
+
+    def _tmp(self, path: Path) -> Path:
+        return path.with_name(path.name + ".tmp")
+
+    def __enter__(self) -> DatasetWriter:
+        self._zip = zipfile.ZipFile(self._tmp(self.dest), "w")
+        self._masks = None if self.masks_dest is None else zipfile.ZipFile(self._tmp(self.masks_dest), "w")
+        return self
+
+    @staticmethod
+    def _write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+        info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+        info.compress_type = zipfile.ZIP_STORED
+        zf.writestr(info, data)
+
+    @staticmethod
+    def _png(array: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        PIL.Image.fromarray(array).save(buf, format="PNG", compress_level=0)
+        return buf.getvalue()
+
+    def add(self, image: np.ndarray, label: list[float], mask: np.ndarray | None = None) -> str:
+        """Adds uint8 image [H, W, 3], its 25-float label and (with a masks zip) uint8 mask [H, W]; returns its name."""
+        name = archive_name(len(self._labels))
+        self._write(self._zip, name, self._png(image))
+        if self._masks is not None:
+            assert mask is not None, "a masks zip needs a mask for every image"
+            self._write(self._masks, name, self._png(mask))
+        self._labels.append([name, [float(x) for x in label]])
+        return name
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            self._write(self._zip, "dataset.json", json.dumps({"labels": self._labels}).encode())
+        self._zip.close()
+        if self._masks is not None:
+            self._masks.close()
+        for path in (self.dest, self.masks_dest):
+            if path is not None and exc_type is None:
+                os.replace(self._tmp(path), path)
+            elif path is not None:
+                self._tmp(path).unlink(missing_ok=True)
+
+    def __len__(self) -> int:
+        return len(self._labels)
 
 
 def _render_batch(params: HeadParams, labels: Tensor, resolution: int, supersample: int) -> tuple[Tensor, Tensor]:
@@ -290,34 +327,28 @@ def write_synthetic_dataset(
 ) -> dict:
     """Renders ``count`` heads into an EG3D-layout zip plus a zip of single-channel masks with the same names.
 
-    ``dest`` gets ``00000/img00000000.png ...`` (uncompressed PNG) and ``dataset.json`` = {"labels": [[name, [25]]]};
-    ``masks_dest`` (default: ``<dest stem>_masks.zip``) the masks. Each pixel averages supersample² ray samples.
-    Both files are written to a temporary name and renamed when complete. Returns a summary dict.
+    ``dest`` gets ``00000/img00000000.png ...`` and ``dataset.json`` (see ``DatasetWriter``); ``masks_dest`` (default:
+    ``<dest stem>_masks.zip``) the masks (255 = head). Each pixel averages supersample² ray samples. Head i and its
+    camera depend only on (seed, i). Returns a summary dict.
     """
-    dest = Path(dest)
-    masks_dest = default_masks_path(dest) if masks_dest is None else Path(masks_dest)
-    _check_options(dest, masks_dest, count, resolution, supersample)
-    distribution = cameras
-    sample_cameras(distribution, 0, seed)  # validates the distribution name before any work
-    batch = max(1, 4096 // resolution)
-    tmp, masks_tmp = dest.with_name(dest.name + ".tmp"), masks_dest.with_name(masks_dest.name + ".tmp")
-    labels_json, t_start = [], time.perf_counter()
-    with zipfile.ZipFile(tmp, "w") as zimg, zipfile.ZipFile(masks_tmp, "w") as zmask:
-        with tqdm(total=count, unit="img", disable=not progress, desc="synthetic heads") as bar:
-            for start in range(0, count, batch):
-                n = min(batch, count - start)
-                labels = sample_cameras(distribution, n, seed, start)
-                images, masks = _render_batch(sample_heads(n, seed, start), labels, resolution, supersample)
-                for k in range(n):
-                    name = archive_name(start + k)
-                    zimg.writestr(_zip_entry(name), _png(images[k].numpy()))
-                    zmask.writestr(_zip_entry(name), _png(masks[k].numpy()))
-                    labels_json.append([name, labels[k].tolist()])
-                bar.update(n)
-        zimg.writestr(_zip_entry("dataset.json"), json.dumps({"labels": labels_json}))
-    os.replace(tmp, dest)
-    os.replace(masks_tmp, masks_dest)
+    if count < 1:
+        raise UserError(f"--count must be at least 1, got {count}")
+    if resolution < 4 or resolution & (resolution - 1):
+        raise UserError(f"--resolution must be a power of two >= 4, got {resolution}")
+    if supersample < 1:
+        raise UserError(f"--supersample must be at least 1, got {supersample}")
+    sample_cameras(cameras, 0, seed)  # validates the distribution's name before any work
+    masks_dest = default_masks_path(dest) if masks_dest is None else masks_dest
+    batch, t_start = max(1, 4096 // resolution), time.perf_counter()
+    with DatasetWriter(dest, masks_dest) as writer, tqdm(total=count, unit="img", disable=not progress) as bar:
+        for start in range(0, count, batch):
+            n = min(batch, count - start)
+            labels = sample_cameras(cameras, n, seed, start)
+            images, masks = _render_batch(sample_heads(n, seed, start), labels, resolution, supersample)
+            for k in range(n):
+                writer.add(images[k].numpy(), labels[k].tolist(), masks[k].numpy())
+            bar.update(n)
     seconds = time.perf_counter() - t_start
     return {"dest": str(dest), "masks_dest": str(masks_dest), "count": count, "resolution": resolution,
-            "cameras": distribution, "seed": seed, "supersample": supersample, "seconds": round(seconds, 3),
+            "cameras": cameras, "seed": seed, "supersample": supersample, "seconds": round(seconds, 3),
             "heads_per_second": round(count / seconds, 2)}  # fmt: skip

@@ -36,14 +36,14 @@ _HAIR_COLOURS = (
     ((0.85, 0.38, 0.58), 0.03),
 )  # fmt: skip
 _IRIS_COLOURS = ((0.30, 0.17, 0.08), (0.15, 0.09, 0.05), (0.25, 0.45, 0.70), (0.30, 0.50, 0.30), (0.45, 0.40, 0.20))
-_NUM_UNIFORMS = 44  # random numbers drawn per head (columns of ``HeadParams.u``), each used by one property
+_NUM_UNIFORMS = 43  # random numbers drawn per head (columns of ``HeadParams.u``), each used by one property
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadParams:
     """Random numbers of a batch of heads; ``head_primitives`` turns them into geometry and colours.
 
-    ``u`` is [N, 44] float64 uniforms in [0, 1), one row per head; ``index`` is [N] int64, the heads' dataset indices.
+    ``u`` is [N, 43] float64 uniforms in [0, 1), one row per head; ``index`` is [N] int64, the heads' dataset indices.
     """
 
     u: Tensor
@@ -96,6 +96,10 @@ def _lerp(lo: float, hi: float, u: Tensor) -> Tensor:
 def _vec(x: Tensor | float, y: Tensor | float, z: Tensor | float, n: int) -> Tensor:
     """[n, 3] from three scalars or [n] tensors."""
     return torch.stack([torch.as_tensor(c, dtype=torch.float64).expand(n) for c in (x, y, z)], dim=-1)
+
+
+def _full(n: int, value: float) -> Tensor:
+    return torch.full((n,), value, dtype=torch.float64)
 
 
 def _rotation(axis: int, angle: Tensor) -> Tensor:
@@ -152,9 +156,9 @@ class _Builder:
         part = {
             "center": center, "radii": radii, "albedo": albedo,
             "rotation": torch.eye(3, dtype=torch.float64).expand(n, 3, 3),
-            "plane_normal": _vec(0.0, 1.0, 0.0, n), "plane_offset": torch.full((n,), _UNCLIPPED, dtype=torch.float64),
-            "spot_color": torch.zeros(n, 3, dtype=torch.float64), "spot_cos": torch.full((n,), 2.0, dtype=torch.float64),
-            "pupil_cos": torch.full((n,), 2.0, dtype=torch.float64), "stripes": torch.zeros(n, dtype=torch.float64),
+            "plane_normal": _vec(0.0, 1.0, 0.0, n), "plane_offset": _full(n, _UNCLIPPED),
+            "spot_color": torch.zeros(n, 3, dtype=torch.float64), "spot_cos": _full(n, 2.0),
+            "pupil_cos": _full(n, 2.0), "stripes": _full(n, 0.0),
             "enabled": torch.ones(n, dtype=torch.bool),
         }  # fmt: skip
         part.update(extra)
@@ -217,7 +221,7 @@ def _hair(b: _Builder, u: Tensor, cran_c: Tensor, cran_r: Tensor, colour: Tensor
 
 
 def _features(b: _Builder, u: Tensor, skin: Tensor, hair: Tensor, surface: tuple) -> None:
-    """Ears, eyes, brows, nose and lips, placed on the face surface ``surface`` = (centres, radii) of cranium and face."""
+    """Ears, eyes, brows, nose and lips, placed on the face ``surface`` = (centres, radii) of cranium and face."""
     n = b.n
     cran_c, cran_r = surface[0][0], surface[1][0]
     ear = _lerp(0.9, 1.15, u[:, 26])
@@ -234,8 +238,7 @@ def _features(b: _Builder, u: Tensor, skin: Tensor, hair: Tensor, surface: tuple
         ez = _front_z(*surface, ex, eye_y) - eye_r + 0.008
         white = _vec(0.93, 0.92, 0.88, n)
         b.add(f"eye_{suffix}", _vec(ex, eye_y, ez, n), eye_r[:, None] * _vec(1.0, 1.0, 1.0, n), white,
-              spot_color=iris, spot_cos=torch.full((n,), math.cos(0.55), dtype=torch.float64),
-              pupil_cos=torch.full((n,), math.cos(0.25), dtype=torch.float64))  # fmt: skip
+              spot_color=iris, spot_cos=_full(n, math.cos(0.55)), pupil_cos=_full(n, math.cos(0.25)))  # fmt: skip
         bx = side * (eye_x + 0.004)
         bz = _front_z(*surface, bx, brow_y) - 0.004
         b.add(f"brow_{suffix}", _vec(bx, brow_y, bz, n), _vec(0.03, _lerp(0.006, 0.01, u[:, 34]), 0.012, n), brow,
@@ -243,15 +246,16 @@ def _features(b: _Builder, u: Tensor, skin: Tensor, hair: Tensor, surface: tuple
     nose_len, nose_w = _lerp(0.04, 0.058, u[:, 35]), _lerp(0.016, 0.024, u[:, 36])
     nose_y = eye_y - nose_len * 0.9
     nz = _front_z(*surface, torch.zeros(n, dtype=torch.float64), nose_y) - 0.01
-    b.add("nose", _vec(0.0, nose_y, nz, n), torch.stack([nose_w, nose_len, _lerp(0.028, 0.042, u[:, 37])], -1),
-          skin * torch.tensor([1.0, 0.95, 0.95], dtype=torch.float64), rotation=_rotation(0, _lerp(-0.45, -0.25, u[:, 38])))  # fmt: skip
+    nose_r = torch.stack([nose_w, nose_len, _lerp(0.028, 0.042, u[:, 37])], -1)
+    nose_albedo = skin * torch.tensor([1.0, 0.95, 0.95], dtype=torch.float64)
+    b.add("nose", _vec(0.0, nose_y, nz, n), nose_r, nose_albedo, rotation=_rotation(0, _lerp(-0.45, -0.25, u[:, 38])))
     mouth_w, mouth_y = _lerp(0.03, 0.042, u[:, 39]), nose_y - nose_len - 0.03
-    lip = skin * torch.tensor([0.8, 0.55, 0.55], dtype=torch.float64) + torch.tensor([0.12, 0.0, 0.02], dtype=torch.float64)
-    for name, dy, ry, shade in (("lip_upper", 0.007, 0.009, 0.85), ("lip_lower", -0.011, 0.011, 1.0)):
+    lip = skin * torch.tensor([0.8, 0.55, 0.55], dtype=torch.float64) + torch.tensor([0.12, 0.0, 0.02]).double()
+    lips = (("lip_upper", 0.007, 1.0, 0.009, 0.85), ("lip_lower", -0.011, 0.88, 0.011, 1.0))
+    for name, dy, width, height, tint in lips:
         y = mouth_y + dy
         z = _front_z(*surface, torch.zeros(n, dtype=torch.float64), y) - 0.012
-        b.add(name, _vec(0.0, y, z, n), torch.stack([mouth_w * (1 if dy > 0 else 0.88), torch.full_like(y, ry),
-              torch.full_like(y, 0.018)], -1), lip * shade)  # fmt: skip
+        b.add(name, _vec(0.0, y, z, n), _vec(mouth_w * width, height, 0.018, n), lip * tint)
 
 
 def head_primitives(params: HeadParams) -> Primitives:
