@@ -489,15 +489,20 @@ class UVSamples:
         return UVSamples(self.uv.to(device), self.face_index.to(device), self.barycentric.to(device),
                          self.faces.to(device))
 
+    def _weights(self, dtype: torch.dtype) -> torch.Tensor:
+        # Renormalised in the vertices' dtype: an exact affine combination, so points follow x → s·Q·x + t exactly.
+        weights = self.barycentric.to(dtype)
+        return weights / weights.sum(-1, keepdim=True)
+
     def positions(self, vertices: torch.Tensor) -> torch.Tensor:
         """Surface points [..., N, 3] of the samples on ``vertices`` [..., V, 3] (same topology, any frame)."""
         corners = vertices[..., self.faces[self.face_index], :]  # [..., N, 3, 3]
-        return (self.barycentric.to(vertices.dtype)[..., None] * corners).sum(-2)
+        return (self._weights(vertices.dtype)[..., None] * corners).sum(-2)
 
     def normals(self, vertices: torch.Tensor) -> torch.Tensor:
         """Unit normals [..., N, 3]: area-weighted vertex normals interpolated with the barycentric weights."""
         corners = vertex_normals(vertices, self.faces)[..., self.faces[self.face_index], :]
-        return F.normalize((self.barycentric.to(vertices.dtype)[..., None] * corners).sum(-2), dim=-1)
+        return F.normalize((self._weights(vertices.dtype)[..., None] * corners).sum(-2), dim=-1)
 
     def sample_map(self, uv_map: torch.Tensor) -> torch.Tensor:
         """Bilinear samples [B, N, C] of a UV map [B, C, H, W] at the points (border padding, texel-centre grid)."""
