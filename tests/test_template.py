@@ -51,8 +51,9 @@ def test_rasterize_matches_brute_force_over_all_triangles(coarse_head):
     # Flip the corner order of every other triangle (faces and UVs together): mixed UV orientation, same surface.
     flip = torch.arange(len(coarse_head.faces)) % 2 == 1
     perm = torch.where(flip[:, None], torch.tensor([0, 2, 1]), torch.tensor([0, 1, 2]))
-    mesh = TemplateMesh(coarse_head.vertices, coarse_head.faces.gather(1, perm), coarse_head.uvs,
-                        coarse_head.face_uvs.gather(1, perm))
+    mesh = TemplateMesh(
+        coarse_head.vertices, coarse_head.faces.gather(1, perm), coarse_head.uvs, coarse_head.face_uvs.gather(1, perm)
+    )
     res = 64
     face_index, barycentric = rasterize_uv(mesh, res)
     tri = mesh.uvs.double()[mesh.face_uvs]
@@ -121,8 +122,9 @@ def test_procedural_uv_atlas_does_not_overlap(coarse_head):
     edges = pairs.roll(-1, dims=2) - pairs
     axes = torch.stack([-edges[..., 1], edges[..., 0]], dim=-1).reshape(-1, 6, 2)  # 6 edge normals per pair
     proj = torch.einsum("pkd,ptcd->ptkc", axes, pairs)  # [P, 2 triangles, 6 axes, 3 corners]
-    overlap = torch.minimum(proj[:, 0].amax(-1), proj[:, 1].amax(-1)) - torch.maximum(proj[:, 0].amin(-1),
-                                                                                         proj[:, 1].amin(-1))
+    overlap = torch.minimum(proj[:, 0].amax(-1), proj[:, 1].amax(-1)) - torch.maximum(
+        proj[:, 0].amin(-1), proj[:, 1].amin(-1)
+    )
     separated = (overlap <= 1e-12 * axes.norm(dim=-1)).any(-1)
     assert separated.all(), f"{(~separated).sum()} UV triangle pairs overlap"
 
@@ -158,8 +160,9 @@ def test_sample_points_lie_on_the_surface(coarse_head):
     assert _point_triangle_distance(points, vertices[coarse_head.faces]).amin(1).max() < 1e-12
     # The barycentric weights also reproduce the sample's UV from its triangle's UV corners.
     uv_corners = coarse_head.uvs.double()[coarse_head.face_uvs[samples.face_index]]
-    torch.testing.assert_close((samples.barycentric.double()[..., None] * uv_corners).sum(-2), samples.uv.double(),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        (samples.barycentric.double()[..., None] * uv_corners).sum(-2), samples.uv.double(), atol=1e-6, rtol=0
+    )
     assert ((samples.uv > 0) & (samples.uv < 1)).all()
 
 

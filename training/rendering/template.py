@@ -16,7 +16,7 @@ The procedural head and its UV atlas are described in docs/template.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +37,9 @@ FLAME_TO_EG3D_WORLD = (
 # World transforms that a configuration may name instead of spelling out 16 numbers.
 NAMED_TRANSFORMS = {"flame_to_eg3d": FLAME_TO_EG3D_WORLD}
 
-# Candidate (triangle, texel) pairs tested at once by the UV rasteriser; bounds its memory (~100 MB in float64).
-_RASTER_CHUNK = 1 << 21
+# Candidate (triangle, texel) pairs tested at once by the UV rasteriser (~250 bytes each): bounds its memory.
+_RASTER_CHUNK = 1 << 19
+_IndexFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (grid row, grid column) → mesh index
 
 
 @dataclass
@@ -56,26 +57,33 @@ class TemplateMesh:
     face_uvs: torch.Tensor
 
     def __post_init__(self) -> None:
-        shapes = {"vertices": (self.vertices, 3), "faces": (self.faces, 3), "uvs": (self.uvs, 2),
-                  "face_uvs": (self.face_uvs, 3)}
+        shapes = {
+            "vertices": (self.vertices, 3),
+            "faces": (self.faces, 3),
+            "uvs": (self.uvs, 2),
+            "face_uvs": (self.face_uvs, 3),
+        }
         for name, (tensor, width) in shapes.items():
             if tensor.ndim != 2 or tensor.shape[1] != width:
                 raise UserError(f"TemplateMesh.{name}: expected shape [N, {width}], got {list(tensor.shape)}")
         if self.faces.shape != self.face_uvs.shape:
-            raise UserError(f"TemplateMesh: faces {list(self.faces.shape)} and face_uvs "
-                            f"{list(self.face_uvs.shape)} must have the same shape")
+            raise UserError(
+                f"TemplateMesh: faces {list(self.faces.shape)} and face_uvs "
+                f"{list(self.face_uvs.shape)} must have the same shape"
+            )
         indices = (("faces", self.faces, len(self.vertices)), ("face_uvs", self.face_uvs, len(self.uvs)))
         for name, index, count in indices:
             if index.dtype != torch.long or (index.numel() and (index.min() < 0 or index.max() >= count)):
-                raise UserError(f"TemplateMesh.{name}: expected int64 indices in [0, {count}), "
-                                f"got dtype {index.dtype}")
+                raise UserError(f"TemplateMesh.{name}: expected int64 indices in [0, {count}), got dtype {index.dtype}")
 
     def save_obj(self, path: str | Path) -> None:
         """Write the mesh as an OBJ file (``v``, ``vt`` and ``f v/vt`` lines, 1-based indices)."""
         lines = [f"v {x:.7g} {y:.7g} {z:.7g}" for x, y, z in self.vertices.tolist()]
         lines += [f"vt {u:.7g} {v:.7g}" for u, v in self.uvs.tolist()]
-        lines += ["f " + " ".join(f"{a + 1}/{t + 1}" for a, t in zip(f, ft, strict=True))
-                  for f, ft in zip(self.faces.tolist(), self.face_uvs.tolist(), strict=True)]
+        lines += [
+            "f " + " ".join(f"{a + 1}/{t + 1}" for a, t in zip(f, ft, strict=True))
+            for f, ft in zip(self.faces.tolist(), self.face_uvs.tolist(), strict=True)
+        ]
         Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -89,8 +97,10 @@ def resolve_transform(transform: torch.Tensor | Sequence[Sequence[float]] | str 
         return None
     if isinstance(transform, str):
         if transform not in NAMED_TRANSFORMS:
-            raise UserError(f"template transform: unknown name {transform!r}; expected one of "
-                            f"{sorted(NAMED_TRANSFORMS)} or a 4x4 matrix")
+            raise UserError(
+                f"template transform: unknown name {transform!r}; expected one of "
+                f"{sorted(NAMED_TRANSFORMS)} or a 4x4 matrix"
+            )
         transform = NAMED_TRANSFORMS[transform]
     matrix = torch.as_tensor(transform, dtype=torch.float64)
     if matrix.shape != (4, 4):
@@ -120,10 +130,16 @@ def _parse_face(tokens: list[str], counts: tuple[int, int], path: Path, lineno: 
     for token in tokens:
         parts = token.split("/")
         if len(parts) < 2 or parts[1] == "":
-            raise UserError(f"{path}:{lineno}: face corner {token!r} has no texture coordinate; the template needs "
-                            "UVs on every corner ('f v/vt' or 'f v/vt/vn')")
-        corners.append((_obj_index(parts[0], counts[0], path, lineno, "vertex"),
-                        _obj_index(parts[1], counts[1], path, lineno, "texture coordinate")))
+            raise UserError(
+                f"{path}:{lineno}: face corner {token!r} has no texture coordinate; the template needs "
+                "UVs on every corner ('f v/vt' or 'f v/vt/vn')"
+            )
+        corners.append(
+            (
+                _obj_index(parts[0], counts[0], path, lineno, "vertex"),
+                _obj_index(parts[1], counts[1], path, lineno, "texture coordinate"),
+            )
+        )
     return corners
 
 
@@ -136,8 +152,7 @@ def _floats(tokens: list[str], n: int, path: Path, lineno: int, what: str) -> li
         raise UserError(f"{path}:{lineno}: bad number in '{what}' line: {' '.join(tokens)!r}") from None
 
 
-def load_obj(path: str | Path,
-             transform: torch.Tensor | Sequence[Sequence[float]] | str | None = None) -> TemplateMesh:
+def load_obj(path: str | Path, transform: torch.Tensor | Sequence[Sequence[float]] | str | None = None) -> TemplateMesh:
     """Load a template from an OBJ file: ``v``, ``vt`` and ``f`` (triangles or polygons, fan-triangulated).
 
     Every face corner needs a texture coordinate (``f v/vt`` or ``f v/vt/vn``). Indices may be negative (relative
@@ -170,8 +185,12 @@ def load_obj(path: str | Path,
     positions = torch.tensor(vertices, dtype=torch.float64)
     if matrix is not None:
         positions = positions @ matrix[:3, :3].T + matrix[:3, 3]
-    return TemplateMesh(positions.float(), torch.tensor(faces, dtype=torch.long),
-                        torch.tensor(uvs, dtype=torch.float32), torch.tensor(face_uvs, dtype=torch.long))
+    return TemplateMesh(
+        positions.float(),
+        torch.tensor(faces, dtype=torch.long),
+        torch.tensor(uvs, dtype=torch.float32),
+        torch.tensor(face_uvs, dtype=torch.long),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -206,8 +225,12 @@ _FEATURES = (
 # UV atlas: chart rectangles (u0, v0, u1, v1) in the unit square, 0.016 gutters (4 texels at 256²). The face band
 # chart spans φ ∈ [-3π/8, 3π/8]; the back band the rest of the band; the neck chart is cut at the back (φ = ±π) and
 # turned by 90° so that its long side (the circumference) runs along v.
-_ATLAS = dict(face=(0.016, 0.328, 0.672, 0.984), cap=(0.688, 0.688, 0.984, 0.984),
-              neck=(0.688, 0.328, 0.984, 0.672), back=(0.016, 0.016, 0.984, 0.312))
+_ATLAS = dict(
+    face=(0.016, 0.328, 0.672, 0.984),
+    cap=(0.688, 0.688, 0.984, 0.984),
+    neck=(0.688, 0.328, 0.984, 0.672),
+    back=(0.016, 0.016, 0.984, 0.312),
+)
 
 
 def _head_rings(s: torch.Tensor) -> torch.Tensor:
@@ -222,8 +245,16 @@ def _head_rings(s: torch.Tensor) -> torch.Tensor:
         return torch.where(upper, upper_value * sin, upper_value + (jaw_value - upper_value) * bend)
 
     y = torch.where(upper, c["y"] + c["ay"] * torch.cos(s), c["y"] - (c["y"] - jaw["y"]) * torch.sin(tau))
-    return torch.stack([y, axis(c["ax"], jaw["ax"]), axis(c["front"], jaw["front"]), axis(c["back"], jaw["back"]),
-                        torch.full_like(s, c["z"])], dim=1)
+    return torch.stack(
+        [
+            y,
+            axis(c["ax"], jaw["ax"]),
+            axis(c["front"], jaw["front"]),
+            axis(c["back"], jaw["back"]),
+            torch.full_like(s, c["z"]),
+        ],
+        dim=1,
+    )
 
 
 def _neck_rings(t: torch.Tensor) -> torch.Tensor:
@@ -266,15 +297,18 @@ def _head_vertices(segments: int, rings: int) -> torch.Tensor:
     phi = -math.pi + 2 * math.pi * torch.arange(segments, dtype=torch.float64) / segments
     grow = 1 + _feature_bumps(y[:, None], phi[None, :])
     b = torch.where(torch.cos(phi)[None, :] >= 0, front[:, None], back[:, None])
-    ring_points = torch.stack([a[:, None] * grow * torch.sin(phi), y[:, None].expand_as(grow),
-                               zc[:, None] + b * grow * torch.cos(phi)], dim=-1)
+    ring_points = torch.stack(
+        [a[:, None] * grow * torch.sin(phi), y[:, None].expand_as(grow), zc[:, None] + b * grow * torch.cos(phi)],
+        dim=-1,
+    )
     crown = _head_rings(torch.zeros(1, dtype=torch.float64))[0]
     pole = torch.tensor([[0.0, crown[0].item(), crown[4].item()]], dtype=torch.float64)
     return torch.cat([pole, ring_points.reshape(-1, 3)])
 
 
-def _rect_chart(rect: tuple[float, float, float, float], a: torch.Tensor, b: torch.Tensor,
-                turned: bool) -> torch.Tensor:
+def _rect_chart(
+    rect: tuple[float, float, float, float], a: torch.Tensor, b: torch.Tensor, turned: bool
+) -> torch.Tensor:
     """UVs [..., 2] of chart coordinates ``a`` (along φ) and ``b`` (down the head) in [0, 1] placed in ``rect``."""
     u0, v0, u1, v1 = rect
     if turned:  # rotated by +90°: keeps the orientation
@@ -294,7 +328,9 @@ def _cap_chart(rect: tuple[float, float, float, float], rho: torch.Tensor, phi: 
     return torch.stack([(u0 + u1) / 2 + p[..., 0] * (u1 - u0) / 2, (v0 + v1) / 2 + p[..., 1] * (v1 - v0) / 2], dim=-1)
 
 
-def _grid_faces(rows: torch.Tensor, cols: torch.Tensor, vid, tid) -> tuple[torch.Tensor, torch.Tensor]:
+def _grid_faces(
+    rows: torch.Tensor, cols: torch.Tensor, vid: _IndexFn, tid: _IndexFn
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two triangles per grid quad between consecutive ``rows`` and ``cols``; ``vid``/``tid`` map (row, col) to
     vertex / UV indices. Returns (faces [Q·2, 3], face_uvs [Q·2, 3]), counter-clockwise seen from outside."""
     r, c = torch.meshgrid(rows[:-1], cols[:-1], indexing="ij")
@@ -343,8 +379,8 @@ def procedural_head(segments: int = 80, rings: int = 44) -> TemplateMesh:
     add_chart(rows, cols, _cap_chart(_ATLAS["cap"], rows.double()[:, None] / n_cap, phi[None, :].expand(n_cap, -1)))
     pole_uv = sum(len(x) for x in uvs)
     uvs.append(_cap_chart(_ATLAS["cap"], torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)))
-    faces.append(torch.stack([vid(torch.ones_like(cols[:-1]), cols[:-1]), vid(torch.ones_like(cols[:-1]), cols[1:]),
-                              torch.zeros_like(cols[:-1])], dim=1))
+    first_ring = vid(torch.ones_like(cols), cols)
+    faces.append(torch.stack([first_ring[:-1], first_ring[1:], torch.zeros_like(cols[:-1])], dim=1))
     face_uvs.append(torch.stack([cols[:-1], cols[1:], torch.full_like(cols[:-1], pole_uv)], dim=1))
     # Face and back bands: rings n_cap..n_cap+n_face; neck: from the jaw ring to the last ring.
     rows = torch.arange(n_cap, n_cap + n_face + 1)
@@ -394,10 +430,10 @@ def _triangle_edges(corners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 
 def _texel_boxes(corners: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per triangle the first texel (j, i) [F, 2] and the box extent [F, 2] of texel centres its UV bounds contain."""
-    scale = torch.tensor([w, h], dtype=torch.float64)
+    scale = torch.tensor([w, h], dtype=torch.float64, device=corners.device)
     slack = 1e-6  # texel centres on the bounding box must not be lost to rounding; the edge test decides
     lo = (corners.amin(1) * scale - 0.5 - slack).ceil().long().clamp(min=0)
-    hi = torch.minimum((corners.amax(1) * scale - 0.5 + slack).floor().long(), torch.tensor([w - 1, h - 1]))
+    hi = torch.minimum((corners.amax(1) * scale - 0.5 + slack).floor().long(), (scale - 1).long())
     return lo, (hi - lo + 1).clamp(min=0)
 
 
@@ -414,7 +450,9 @@ def rasterize_uv(mesh: TemplateMesh, uv_resolution: int | tuple[int, int]) -> tu
     corners = mesh.uvs.double()[mesh.face_uvs]  # [F, 3, 2]
     e1, e2 = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
     area2 = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    order = torch.where((area2 < 0)[:, None], torch.tensor([0, 2, 1]), torch.tensor([0, 1, 2]))  # make them CCW
+    dev = corners.device
+    ccw, cw = torch.tensor([0, 1, 2], device=dev), torch.tensor([0, 2, 1], device=dev)
+    order = torch.where((area2 < 0)[:, None], cw, ccw)  # make them counter-clockwise
     faces = torch.nonzero(area2 != 0).squeeze(1)  # degenerate UV triangles cover nothing
     order = order[faces]
     corners = corners[faces].gather(1, order[..., None].expand(-1, -1, 2))
@@ -422,14 +460,14 @@ def rasterize_uv(mesh: TemplateMesh, uv_resolution: int | tuple[int, int]) -> tu
     lo, extent = _texel_boxes(corners, h, w)
     counts = extent[:, 0] * extent[:, 1]
     ends = counts.cumsum(0)
-    winner = torch.full((h * w,), len(mesh.faces), dtype=torch.long)
-    barycentric = torch.zeros(h * w, 3, dtype=torch.float64)
+    winner = torch.full((h * w,), len(mesh.faces), dtype=torch.long, device=dev)
+    barycentric = torch.zeros(h * w, 3, dtype=torch.float64, device=dev)
     start = 0
     while start < len(faces):  # chunks of whole triangles, about _RASTER_CHUNK candidate texels each
         base = int(ends[start - 1]) if start else 0
         stop = max(start + 1, int(torch.searchsorted(ends, base + _RASTER_CHUNK, right=True)))
-        tri = torch.repeat_interleave(torch.arange(start, stop), counts[start:stop])
-        local = torch.arange(len(tri)) - (ends[tri] - counts[tri] - base)
+        tri = torch.repeat_interleave(torch.arange(start, stop, device=dev), counts[start:stop])
+        local = torch.arange(len(tri), device=dev) - (ends[tri] - counts[tri] - base)
         j = lo[tri, 0] + local % extent[tri, 0]
         i = lo[tri, 1] + local // extent[tri, 0]
         rel = torch.stack([(j.double() + 0.5) / w, (i.double() + 0.5) / h], dim=1)[:, None, :] - origin[tri]
@@ -486,8 +524,9 @@ class UVSamples:
 
     def to(self, device: torch.device | str) -> UVSamples:
         """The same samples on ``device``."""
-        return UVSamples(self.uv.to(device), self.face_index.to(device), self.barycentric.to(device),
-                         self.faces.to(device))
+        return UVSamples(
+            self.uv.to(device), self.face_index.to(device), self.barycentric.to(device), self.faces.to(device)
+        )
 
     def _weights(self, dtype: torch.dtype) -> torch.Tensor:
         # Renormalised in the vertices' dtype: an exact affine combination, so points follow x → s·Q·x + t exactly.
