@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnnlib import UserError
+from training.networks.stylegan2 import FullyConnectedLayer
 
 # For each plane, the world axes (0 = x, 1 = y, 2 = z) that become grid_sample's (W, H[, D]) coordinates.
 _PLANE_AXES = {
@@ -75,24 +76,6 @@ def sample_trigrid(planes: torch.Tensor, points: torch.Tensor, box_warp: float =
     return out.reshape(b, 3, c, m).transpose(2, 3)
 
 
-class _EqualizedLinear(nn.Module):
-    """Linear layer with equalised learning rate: raw ``weight`` [out, in] ~ N(0, 1)/lr_multiplier, scaled at run time.
-
-    The effective weight is ``weight · lr_multiplier / sqrt(in)`` and the effective bias ``bias · lr_multiplier``, the
-    storage convention of StyleGAN2/EG3D fully connected layers, so their state dicts load unchanged.
-    """
-
-    def __init__(self, in_features: int, out_features: int, lr_multiplier: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
-        self.bias = nn.Parameter(torch.zeros(out_features))
-        self.weight_gain = lr_multiplier / math.sqrt(in_features)
-        self.bias_gain = lr_multiplier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)
-
-
 class TriGridDecoder(nn.Module):
     """MLP from tri-grid features to raw density and output features (EG3D/PanoHead "OSG" decoder).
 
@@ -100,7 +83,8 @@ class TriGridDecoder(nn.Module):
     (activated later by the renderer), the rest are features after ``activation``:
     ``'sigmoid'`` → sigmoid·1.002 − 0.001 (EG3D), ``'none'`` → linear (PanoHead release), ``'lrelu'`` →
     leaky_relu(0.2)·√2. Parameter names match EG3D: ``net.0.weight`` [hidden, C], ``net.0.bias``,
-    ``net.2.weight`` [1+out, hidden], ``net.2.bias``. Ray directions are not used (no view dependence).
+    ``net.2.weight`` [1+out, hidden], ``net.2.bias``; both are StyleGAN2 equalised-lr dense layers (raw weights
+    N(0, 1)/lr_multiplier, gains applied at run time). Ray directions are not used (no view dependence).
     """
 
     def __init__(self, in_features: int = 32, hidden_features: int = 64, out_features: int = 32,
@@ -110,14 +94,15 @@ class TriGridDecoder(nn.Module):
             raise UserError(f"decoder activation '{activation}' is not one of {list(DECODER_ACTIVATIONS)}")
         self.activation = activation
         self.net = nn.Sequential(
-            _EqualizedLinear(in_features, hidden_features, lr_multiplier),
+            FullyConnectedLayer(in_features, hidden_features, lr_multiplier=lr_multiplier),
             nn.Softplus(),
-            _EqualizedLinear(hidden_features, 1 + out_features, lr_multiplier),
+            FullyConnectedLayer(hidden_features, 1 + out_features, lr_multiplier=lr_multiplier),
         )
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``features`` [B, 3, M, C] from :func:`sample_trigrid` → (raw σ [B, M, 1], features [B, M, out])."""
-        x = self.net(features.mean(dim=1))
+        x = features.mean(dim=1)  # [B, M, C]
+        x = self.net(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
         sigma_raw, feat = x[..., :1], x[..., 1:]
         if self.activation == "sigmoid":
             feat = torch.sigmoid(feat) * 1.002 - 0.001
