@@ -18,6 +18,7 @@ import torch
 from dnnlib import UserError
 from torch_utils import misc
 from torch_utils.ops import upfirdn2d
+from torch_utils.ops.filtered_resize import RESIZE_MODES, filtered_resize
 from training.networks.stylegan2 import (
     Conv2dLayer,
     FullyConnectedLayer,
@@ -167,52 +168,254 @@ class DiscriminatorEpilogue(torch.nn.Module):
         return f"resolution={self.resolution}, architecture={self.architecture}, cmap_dim={self.cmap_dim}"
 
 
+def _check_resolution(resolution: int) -> None:
+    """Raise a UserError unless the discriminator input resolution is a power of two >= 8."""
+    if resolution < 8 or resolution & (resolution - 1):
+        raise UserError(f"Discriminator img_resolution must be a power of two >= 8, got {resolution}")
+
+
+def _block_resolutions(img_resolution: int) -> list[int]:
+    """Resolutions of the blocks in front of the 4x4 epilogue, highest first: [R, R/2, ..., 8]."""
+    return [2**i for i in range(int(math.log2(img_resolution)), 2, -1)]
+
+
 class Discriminator(torch.nn.Module):
     """Image discriminator D(img, c) -> logits [N, 1]: blocks bR ... b8, a label mapping network, the b4 epilogue.
 
     Conditioning (c_dim > 0) is by projection: ``mapping`` embeds c into cmap [N, cmap_dim] (cmap_dim defaults to
-    the 4x4 channel count). Dual/tri variants subclass this and assemble their multi-channel input in ``forward``.
-    ``block_kwargs`` go to every DiscriminatorBlock (e.g. freeze_layers), ``mapping_kwargs`` to the MappingNetwork
-    (8 layers, lr multiplier 0.01 by default), ``epilogue_kwargs`` to the epilogue (e.g. mbstd_group_size).
-    Defaults num_fp16_res=4 and conv_clamp=256 are the EG3D / PanoHead discriminator settings.
+    the 4x4 channel count). ``HeadDiscriminator`` (below) assembles its multi-channel input from a generator's output
+    dict. ``block_kwargs`` go to every DiscriminatorBlock (e.g. freeze_layers), ``mapping_kwargs`` to the
+    MappingNetwork (8 layers, lr multiplier 0.01 by default), ``epilogue_kwargs`` to the epilogue (e.g.
+    mbstd_group_size). Defaults num_fp16_res=4 and conv_clamp=256 are the EG3D / PanoHead discriminator settings.
+
+    Progressive growing (GGHead §4; the fade-in of ProGAN): ``grow(R')`` adds blocks b{R'} ... b{2R} in front, built as
+    in a discriminator constructed at R'. The old first block b{R} keeps its ``fromrgb`` during the fade, and the
+    0-d buffer ``blend`` (0 after ``grow``; the training schedule sets it with ``set_blend``) mixes its input::
+
+        input of b{R} = blend * (features of the new blocks) + (1 - blend) * b{R}.fromrgb(resize(img, R))
+
+    where resize is ``filtered_resize(mode='antialiased')`` (for 2x, the [1, 3, 3, 1] / 8 filter, renormalised at the
+    borders). Blend 0 gives the old discriminator on the resized image, blend 1 a discriminator built at R'. While
+    fading, the state dict is that of a discriminator built at R' plus ``blend`` and ``b{R}.fromrgb.*``;
+    ``end_fade()`` (at blend 1) removes those, and the constructor argument ``fade_resolution=R`` rebuilds a fading
+    discriminator, e.g. to resume from a snapshot taken mid-fade. GGHead instead builds the new blocks with the 'skip'
+    architecture and a zeroed conv1 and adds blend * (new features) to the old fromrgb output, so its old input layer
+    stays in use and a grown discriminator never equals one built at the new resolution; the interpolation above does.
+    Growing supports the 'resnet' and 'orig' architectures without Freeze-D.
     """
 
     def __init__(self, c_dim: int, img_resolution: int, img_channels: int, architecture: str = "resnet",
                  channel_base: int = 32768, channel_max: int = 512, num_fp16_res: int = 4,
                  conv_clamp: float | None = 256, cmap_dim: int | None = None, block_kwargs: dict | None = None,
-                 mapping_kwargs: dict | None = None, epilogue_kwargs: dict | None = None):
+                 mapping_kwargs: dict | None = None, epilogue_kwargs: dict | None = None,
+                 fade_resolution: int | None = None):
         super().__init__()
-        if img_resolution < 8 or img_resolution & (img_resolution - 1):
-            raise UserError(f"Discriminator img_resolution must be a power of two >= 8, got {img_resolution}")
+        _check_resolution(img_resolution)
+        check_architecture(architecture)
         self.c_dim, self.img_resolution, self.img_channels = c_dim, img_resolution, img_channels
-        log2_res = int(math.log2(img_resolution))
-        self.block_resolutions = [2**i for i in range(log2_res, 2, -1)]
-        channels = channels_per_resolution(self.block_resolutions + [4], channel_base, channel_max)
-        fp16_resolution = max(2 ** (log2_res + 1 - num_fp16_res), 8)
-        self.cmap_dim = 0 if c_dim == 0 else (channels[4] if cmap_dim is None else cmap_dim)
+        self.architecture, self.channel_base, self.channel_max = architecture, channel_base, channel_max
+        self.num_fp16_res, self.conv_clamp, self.block_kwargs = num_fp16_res, conv_clamp, dict(block_kwargs or {})
+        self.block_resolutions = _block_resolutions(img_resolution)
+        self.fade_resolution: int | None = None
+        channels_4x4 = channels_per_resolution([4], channel_base, channel_max)[4]
+        self.cmap_dim = 0 if c_dim == 0 else (channels_4x4 if cmap_dim is None else cmap_dim)
+        if fade_resolution is not None:
+            self._check_growable("Discriminator fade_resolution", fade_resolution, img_resolution)
 
         layer_idx = 0
         for res in self.block_resolutions:
-            block = DiscriminatorBlock(channels[res] if res < img_resolution else 0, channels[res], channels[res // 2],
-                                       res, img_channels, first_layer_idx=layer_idx, architecture=architecture,
-                                       use_fp16=(res >= fp16_resolution), conv_clamp=conv_clamp,
-                                       **(block_kwargs or {}))
+            block = self._new_block(res, layer_idx, reads_image=res in (img_resolution, fade_resolution))
             self.add_module(f"b{res}", block)
             layer_idx += block.num_layers
         if c_dim > 0:
             self.mapping = MappingNetwork(z_dim=0, c_dim=c_dim, w_dim=self.cmap_dim, num_ws=None, w_avg_beta=None,
                                           **(mapping_kwargs or {}))
-        self.b4 = DiscriminatorEpilogue(channels[4], self.cmap_dim, resolution=4, img_channels=img_channels,
+        self.b4 = DiscriminatorEpilogue(channels_4x4, self.cmap_dim, resolution=4, img_channels=img_channels,
                                         architecture=architecture, conv_clamp=conv_clamp, **(epilogue_kwargs or {}))
+        if fade_resolution is not None:
+            self._begin_fade(fade_resolution)
+
+    def _fp16_resolution(self) -> int:
+        """Lowest resolution whose block may run in float16 (the ``num_fp16_res`` highest ones)."""
+        return max(2 ** (int(math.log2(self.img_resolution)) + 1 - self.num_fp16_res), 8)
+
+    def _new_block(self, res: int, first_layer_idx: int, reads_image: bool) -> DiscriminatorBlock:
+        """Block b{res} of a discriminator at ``self.img_resolution``; ``reads_image`` makes it an input block."""
+        channels = channels_per_resolution([res, res // 2], self.channel_base, self.channel_max)
+        return DiscriminatorBlock(0 if reads_image else channels[res], channels[res], channels[res // 2], res,
+                                  self.img_channels, first_layer_idx=first_layer_idx, architecture=self.architecture,
+                                  use_fp16=(res >= self._fp16_resolution()), conv_clamp=self.conv_clamp,
+                                  **self.block_kwargs)
+
+    def _check_growable(self, what: str, low: int, high: int) -> None:
+        """Growing from ``low`` to ``high`` needs powers of two 8 <= low < high, 'resnet' or 'orig', no Freeze-D."""
+        if low < 8 or high <= low or low & (low - 1) or high & (high - 1):
+            raise UserError(f"{what}: growing needs powers of two 8 <= from < to, got from {low} to {high}")
+        if self.architecture not in ("resnet", "orig"):
+            raise UserError(f"{what}: progressive growing supports architecture 'resnet' or 'orig', "
+                            f"not '{self.architecture}'")
+        if self.block_kwargs.get("freeze_layers", 0) > 0:
+            raise UserError(f"{what}: progressive growing cannot be combined with Freeze-D (freeze_layers > 0)")
+
+    def _begin_fade(self, old_resolution: int) -> None:
+        """Turn input block b{old_resolution} into an inner block that keeps its fromrgb for the faded path."""
+        block = getattr(self, f"b{old_resolution}")
+        block.in_channels = block.tmp_channels
+        self.fade_resolution = old_resolution
+        weight = block.conv0.weight
+        self.register_buffer("blend", torch.zeros([], dtype=weight.dtype, device=weight.device))
+
+    def _renumber_blocks(self) -> None:
+        """Restore the constructor's child order (blocks highest first, mapping, b4) and the blocks' layer indices."""
+        layer_idx = 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            block.first_layer_idx, layer_idx = layer_idx, layer_idx + block.num_layers
+        for name in [f"b{res}" for res in self.block_resolutions] + ["mapping"] * (self.c_dim > 0) + ["b4"]:
+            self._modules[name] = self._modules.pop(name)
+
+    def grow(self, new_resolution: int) -> None:
+        """Add blocks b{new_resolution} ... b{2 * img_resolution} in front and start fading them in (blend 0).
+
+        A fade in progress must have reached blend 1; it is ended first (``end_fade``). New blocks are initialised as
+        in a fresh discriminator, on the device and in the dtype of the existing parameters. Rebuild optimisers and
+        DDP wrappers afterwards; record (img_resolution, fade_resolution) in the snapshot config to rebuild this D.
+        """
+        self._check_growable("Discriminator.grow new_resolution", self.img_resolution, new_resolution)
+        if self.fade_resolution is not None:
+            self.end_fade()
+        old_resolution, like = self.img_resolution, self.b4.conv.weight
+        self.img_resolution = new_resolution
+        self.block_resolutions = _block_resolutions(new_resolution)
+        for res in self.block_resolutions:
+            if res > old_resolution:
+                block = self._new_block(res, 0, reads_image=(res == new_resolution))
+                self.add_module(f"b{res}", block.to(device=like.device, dtype=like.dtype))
+            else:
+                getattr(self, f"b{res}").use_fp16 = res >= self._fp16_resolution()
+        self._begin_fade(old_resolution)
+        self._renumber_blocks()
+
+    def set_blend(self, blend: float) -> None:
+        """Set the fade-in factor of the newest blocks: 0 = previous stage only, 1 = new blocks only."""
+        if self.fade_resolution is None:
+            raise UserError("Discriminator.set_blend: no fade in progress (grow() starts one)")
+        if not 0.0 <= blend <= 1.0:
+            raise UserError(f"Discriminator.set_blend: blend must lie in [0, 1], got {blend}")
+        self.blend.fill_(blend)
+
+    def end_fade(self) -> None:
+        """Drop what only the fade uses (``blend`` and b{fade_resolution}.fromrgb); needs blend 1.
+
+        Afterwards names and shapes of the state dict equal those of a discriminator built at ``img_resolution``.
+        """
+        if self.fade_resolution is None:
+            raise UserError("Discriminator.end_fade: no fade in progress")
+        if float(self.blend) != 1.0:
+            raise UserError(f"Discriminator.end_fade: blend is {float(self.blend)}; the blocks above "
+                            f"{self.fade_resolution}x{self.fade_resolution} must be fully faded in (blend 1) first")
+        block = getattr(self, f"b{self.fade_resolution}")
+        del block.fromrgb
+        block.num_layers -= 1
+        del self.blend
+        self.fade_resolution = None
+        self._renumber_blocks()
+
+    def _faded_input(self, block: DiscriminatorBlock, x_new: torch.Tensor, img: torch.Tensor,
+                     force_fp32: bool) -> torch.Tensor:
+        """Input of the previous stage's first block: blend * x_new + (1 - blend) * its fromrgb of the resized image.
+
+        x_new: [N, C, r, r] features of the new blocks; img: [N, img_channels, R, R] the full-resolution input.
+        """
+        dtype = block_dtype(block.use_fp16, force_fp32, block.conv0.weight)
+        small = filtered_resize(img, block.resolution, mode="antialiased")
+        blend = self.blend.to(dtype)
+        return blend * x_new.to(dtype) + (1 - blend) * block.fromrgb(small.to(dtype))
 
     def forward(self, img: torch.Tensor, c: torch.Tensor | None, force_fp32: bool = False) -> torch.Tensor:
         """img: [N, img_channels, R, R] in [-1, 1]; c: [N, c_dim] (ignored when c_dim == 0) -> logits [N, 1]."""
         misc.assert_shape(img, [None, self.img_channels, self.img_resolution, self.img_resolution])
-        x = None
+        x, block_img = None, img
         for res in self.block_resolutions:
-            x, img = getattr(self, f"b{res}")(x, img, force_fp32=force_fp32)
+            block = getattr(self, f"b{res}")
+            if res == self.fade_resolution:
+                x = self._faded_input(block, x, img, force_fp32)
+            x, block_img = block(x, block_img, force_fp32=force_fp32)
         cmap = self.mapping(None, c) if self.c_dim > 0 else None
-        return self.b4(x, img, cmap)
+        return self.b4(x, block_img, cmap)
 
     def extra_repr(self) -> str:
-        return f"c_dim={self.c_dim}, img_resolution={self.img_resolution}, img_channels={self.img_channels}"
+        fade = "" if self.fade_resolution is None else f", fade_resolution={self.fade_resolution}"
+        return f"c_dim={self.c_dim}, img_resolution={self.img_resolution}, img_channels={self.img_channels}{fade}"
+
+
+INPUT_KEYS = ("image", "image_raw", "image_mask")
+
+
+class HeadDiscriminator(Discriminator):
+    """D(img_dict, c) -> logits [N, 1] for 3D-aware heads: reads the channel groups named in ``inputs``.
+
+    Groups, stacked in this order into one [N, img_channels, R, R] tensor for the StyleGAN2 discriminator:
+      'image'      [N, rgb_channels, R, R] in [-1, 1]: the final image, used as is (always first, required);
+      'image_raw'  [N, rgb_channels, r, r] in [-1, 1]: the raw rendering, resized to R (EG3D dual discrimination);
+      'image_mask' [N, 1, r, r] in [0, 1]: foreground opacity, resized to R, then mapped to 2m - 1 in [-1, 1]
+                   (PanoHead's released tri-discriminator, MaskDualDiscriminatorV2).
+    Presets: ('image',) for Gaussian heads on a constant background, ('image', 'image_raw') for EG3D (6 channels),
+    all three for PanoHead (7 channels). Resizing uses ``filtered_resize`` with ``filter_mode`` and, for 'classic', the
+    top-level ``resample_filter`` buffer ([1, 3, 3, 1]), which also makes the state dict match EG3D's
+    DualDiscriminator (92 tensors for c_dim 25 at 512x512). Keys not in ``inputs`` are ignored, so R1 with one gamma
+    per group takes gradients with respect to ``img_dict[k] for k in D.inputs``.
+    ``c_noise`` > 0 adds randn * std_batch(c) * c_noise to the camera label (EG3D's disc_c_noise) without modifying
+    the caller's tensor. Other keyword arguments (architecture, channels, fade_resolution, ...) go to Discriminator.
+    """
+
+    def __init__(self, c_dim: int, img_resolution: int, inputs: Sequence[str] = ("image", "image_raw"),
+                 rgb_channels: int = 3, filter_mode: str = "antialiased", c_noise: float = 0.0, **kwargs):
+        inputs = tuple(inputs)
+        if not inputs or inputs[0] != "image" or inputs != tuple(k for k in INPUT_KEYS if k in inputs):
+            raise UserError(f"HeadDiscriminator inputs: expected 'image' followed by any of 'image_raw', 'image_mask' "
+                            f"in that order, got {list(inputs)}")
+        if filter_mode not in RESIZE_MODES:
+            raise UserError(f"HeadDiscriminator filter_mode: expected one of {list(RESIZE_MODES)}, got '{filter_mode}'")
+        if c_noise < 0:
+            raise UserError(f"HeadDiscriminator c_noise must be >= 0, got {c_noise}")
+        group_channels = {"image": rgb_channels, "image_raw": rgb_channels, "image_mask": 1}
+        super().__init__(c_dim, img_resolution, sum(group_channels[k] for k in inputs), **kwargs)
+        self.group_channels = group_channels  # channels of each input group
+        self.inputs, self.rgb_channels, self.filter_mode, self.c_noise = inputs, rgb_channels, filter_mode, c_noise
+        self.register_buffer("resample_filter", resample_filter_buffer((1, 3, 3, 1)))
+
+    def _checked(self, img: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+        """img[key] after checking that it exists and is a square [N, channels, H, H] batch (H = R for 'image')."""
+        if key not in img:
+            raise UserError(f"HeadDiscriminator reads {list(self.inputs)}, but the image dict has no '{key}' "
+                            f"(keys: {sorted(img)})")
+        x, channels = img[key], self.group_channels[key]
+        size = self.img_resolution if key == "image" else None
+        if x.ndim != 4 or x.shape[1] != channels or x.shape[2] != x.shape[3] or size not in (None, x.shape[2]):
+            raise UserError(f"HeadDiscriminator input '{key}': expected [N, {channels}, {size or 'H'}, "
+                            f"{size or 'H'}], got {list(x.shape)}")
+        return x
+
+    def assemble_input(self, img: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Stack the configured groups of ``img`` (see the class docstring) into [N, img_channels, R, R]."""
+        parts = [self._checked(img, "image")]
+        for key in self.inputs[1:]:
+            x = filtered_resize(self._checked(img, key), self.img_resolution, self.filter_mode, self.resample_filter)
+            parts.append(x * 2 - 1 if key == "image_mask" else x)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, img: dict[str, torch.Tensor], c: torch.Tensor | None,
+                force_fp32: bool = False) -> torch.Tensor:
+        """img: dict of the groups in ``self.inputs`` (shapes, ranges: class docstring); c: [N, c_dim] camera label
+        (ignored when c_dim == 0) -> logits [N, 1]."""
+        if self.c_noise > 0 and self.c_dim > 0:
+            if c.shape[0] < 2:
+                raise UserError("HeadDiscriminator c_noise needs at least 2 labels per batch (it scales the noise by "
+                                "the batch standard deviation of c)")
+            c = c + torch.randn_like(c) * c.std(dim=0) * self.c_noise
+        return super().forward(self.assemble_input(img), c, force_fp32=force_fp32)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, inputs={list(self.inputs)}, filter_mode={self.filter_mode}, " \
+               f"c_noise={self.c_noise}"
