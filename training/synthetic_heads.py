@@ -36,6 +36,7 @@ _HAIR_COLOURS = (
     ((0.85, 0.38, 0.58), 0.03),
 )  # fmt: skip
 _IRIS_COLOURS = ((0.30, 0.17, 0.08), (0.15, 0.09, 0.05), (0.25, 0.45, 0.70), (0.30, 0.50, 0.30), (0.45, 0.40, 0.20))
+_SCALE = 1.06  # overall size: chin to the top of the hair 0.44 - 0.55, mean 0.49 (FFHQ-like framing at radius 2.7)
 _NUM_UNIFORMS = 43  # random numbers drawn per head (columns of ``HeadParams.u``), each used by one property
 
 
@@ -170,9 +171,12 @@ class _Builder:
         self.parts[name]["plane_normal"] = normal / norm[:, None]
         self.parts[name]["plane_offset"] = offset / norm
 
-    def build(self) -> Primitives:
+    def build(self, scale: float) -> Primitives:
+        """Stacks the solids in ``PRIMITIVE_NAMES`` order, scaling the geometry about the origin by ``scale``."""
         fields = {f.name: torch.stack([self.parts[p][f.name] for p in PRIMITIVE_NAMES], 1)
                   for f in dataclasses.fields(Primitives)}  # fmt: skip
+        for name in ("center", "radii", "plane_offset"):
+            fields[name] = fields[name] * scale
         return Primitives(**fields)
 
 
@@ -268,4 +272,4 @@ def head_primitives(params: HeadParams) -> Primitives:
     cran_c, cran_r, face_c, face_r = _skull(b, u, skin)
     _hair(b, u, cran_c, cran_r, hair.clamp(0, 1))
     _features(b, u, skin, hair.clamp(0, 1), ([cran_c, face_c], [cran_r, face_r]))
-    return b.build()
+    return b.build(_SCALE)
