@@ -1,8 +1,10 @@
-"""StyleGAN2 discriminator: residual/skip/plain blocks, minibatch standard deviation, projection-conditioned epilogue.
+"""StyleGAN2 discriminator: residual/skip/plain blocks, minibatch standard deviation, projection-conditioned epilogue,
+progressive growing (``Discriminator.grow``), and ``HeadDiscriminator``, which reads a generator's output dict
+(image only, dual: + raw image, tri: + raw image + mask).
 
 Conventions: input images are float NCHW in [-1, 1] with ``img_channels`` channels (3 for RGB; the dual/tri variants
-for 3D-aware GANs stack image, upsampled raw image and mask into one tensor); labels c are [N, c_dim] float (the
-25-float camera label for 3D heads). Output logits are [N, 1].
+stack image, upsampled raw image and mask mapped to [-1, 1] into one tensor); masks arrive as N1HW in [0, 1]; labels
+c are [N, c_dim] float (the 25-float camera label for 3D heads). Output logits are [N, 1].
 Parameter and buffer names, shapes and stored values follow stylegan2-ada-pytorch / EG3D (raw weights, run-time
 equalised-lr gains) so their discriminator weights load by name. Mixed precision as in ``stylegan2.py``: float16 only
 for the highest-resolution blocks and only on CUDA; the epilogue always runs in the parameters' dtype.
@@ -198,9 +200,10 @@ class Discriminator(torch.nn.Module):
     borders). Blend 0 gives the old discriminator on the resized image, blend 1 a discriminator built at R'. While
     fading, the state dict is that of a discriminator built at R' plus ``blend`` and ``b{R}.fromrgb.*``;
     ``end_fade()`` (at blend 1) removes those, and the constructor argument ``fade_resolution=R`` rebuilds a fading
-    discriminator, e.g. to resume from a snapshot taken mid-fade. GGHead instead builds the new blocks with the 'skip'
+    discriminator, e.g. to resume from a snapshot taken mid-fade. New blocks get the ordinary initialisation: the
+    interpolation is continuous at blend 0 whatever their weights. GGHead instead builds its new blocks with the 'skip'
     architecture and a zeroed conv1 and adds blend * (new features) to the old fromrgb output, so its old input layer
-    stays in use and a grown discriminator never equals one built at the new resolution; the interpolation above does.
+    stays in use for good and its grown discriminator differs from one built at the new resolution; ours ends equal.
     Growing supports the 'resnet' and 'orig' architectures without Freeze-D.
     """
 
