@@ -65,6 +65,10 @@ def test_default_config_is_panohead_release_and_round_trips():
         VolumetricHeadConfig.from_dict({"render": {"ray_begin": 2.0}})
     with pytest.raises(UserError, match="trigrid_depth"):
         VolumetricHeadConfig.from_dict({"trigrid_depth": "3"})
+    with pytest.raises(UserError, match="render.depth_resolution"):
+        VolumetricHeadConfig.from_dict({"render": {"depth_resolution": 48.0}})
+    with pytest.raises(UserError, match="background"):
+        VolumetricHeadConfig(background=1)
     with pytest.raises(UserError, match="trigrid_depth 1"):
         VolumetricHeadConfig(trigrid_axes="eg3d")
     with pytest.raises(UserError, match="raw_rgb"):

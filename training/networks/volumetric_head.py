@@ -114,6 +114,7 @@ class VolumetricHeadConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        _check_fields(self.render)
         choices = {"trigrid_axes": ("panohead", "eg3d"), "decoder_activation": DECODER_ACTIVATIONS,
                    "raw_rgb": RAW_RGB_MODES, "sr_noise_mode": _NOISE_MODES}
         for name, allowed in choices.items():
@@ -147,30 +148,38 @@ class VolumetricHeadConfig:
 
 
 def _dataclass_from_dict(cls: type, data: dict, where: str):
-    """Build ``cls(**data)`` after rejecting unknown keys."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    """Build ``cls(**data)`` after rejecting unknown keys and values of the wrong type."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise UserError(f"{where}: unknown keys {unknown}; expected a subset of {sorted(names)}")
+        raise UserError(f"{where}: unknown keys {unknown}; expected a subset of {sorted(hints)}")
+    for name, value in data.items():
+        if not _has_type(value, hints[name]):
+            raise UserError(f"{where}.{name}: expected {hints[name]}, got {value!r}")
     return cls(**data)
 
 
 def _check_fields(config) -> None:
-    """Type check of a config dataclass's plain fields (bool is not accepted as int, int is accepted as float)."""
+    """Type check of a config dataclass's fields against their annotations."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        value, hint = getattr(config, f.name), hints[f.name]
-        if typing.get_origin(hint) is tuple:
-            ok = isinstance(value, tuple) and len(value) == len(typing.get_args(hint)) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value)
-        elif hint is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif hint is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, hint)
-        if not ok:
-            raise UserError(f"{type(config).__name__}.{f.name}: expected {hint}, got {value!r}")
+        value = getattr(config, f.name)
+        if not _has_type(value, hints[f.name]):
+            raise UserError(f"{type(config).__name__}.{f.name}: expected {hints[f.name]}, got {value!r}")
+
+
+def _has_type(value, hint) -> bool:
+    """isinstance for the annotations configs use: bool is not an int, an int is a float, unions, fixed tuples."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return isinstance(value, tuple) and len(value) == len(args) and all(map(_has_type, value, args))
+    if args:  # X | Y
+        return any(_has_type(value, a) for a in args)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
 def apply_camera_offset(labels: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -381,8 +390,8 @@ class VolumetricHeadGenerator(torch.nn.Module):
 
         Voxel ``[b, i, j, k]`` is the point ``(x_i, y_j, z_k)``, ``x_i = box_warp·((i + ½)/R − ½)`` (cell centres;
         x right, y up, z toward the face). The render crop of ``config.render`` (zero density where |x| or |z|
-        exceeds box_warp/2 − triplane_crop) is applied. ``chunk``: points per head per decoder call (memory).
-        Returns [B, R, R, R].
+        exceeds box_warp/2 − triplane_crop) is applied. ``chunk``: points per head per decoder call (memory); call
+        under ``torch.no_grad()`` unless gradients are wanted. Returns [B, R, R, R].
         """
         if resolution < 1 or chunk < 1:
             raise UserError(f"extract_density: resolution and chunk must be >= 1, got {resolution}, {chunk}")
