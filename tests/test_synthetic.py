@@ -253,10 +253,15 @@ def test_head_dimensions_and_orientation():
 
 
 def test_head_i_depends_only_on_seed_and_index():
-    a, b = sample_heads(5, 3), sample_heads(2, 3, start=3)
-    assert torch.equal(a.u[3:], b.u) and torch.equal(b.index, torch.tensor([3, 4]))
-    assert torch.equal(sample_cameras("ffhq", 5, 3)[3:], sample_cameras("ffhq", 2, 3, start=3))
+    """Parameters, cameras and pixels of head i are bitwise the same whether it is rendered alone or in a batch."""
+    a, b = sample_heads(40, 3), sample_heads(2, 3, start=37)
+    assert torch.equal(a.u[37:39], b.u) and torch.equal(b.index, torch.tensor([37, 38]))
+    labels = sample_cameras("360", 40, 3)
+    assert torch.equal(labels[37:39], sample_cameras("360", 2, 3, start=37))
     assert not torch.equal(sample_heads(2, 4).u, a.u[:2])
+    batch, alone = render_heads(a, labels, 8), render_heads(b, labels[37:39], 8)
+    for x, y in zip(batch, alone, strict=True):
+        assert torch.equal(x[37:39], y)
 
 
 def _zip_contents(path) -> dict:
@@ -267,8 +272,10 @@ def _zip_contents(path) -> dict:
 def test_dataset_is_deterministic_and_prefix_stable(tmp_path):
     """Same seed: byte-identical zips; head i (image, mask, label) does not depend on how many heads are written."""
     paths = [tmp_path / f"{k}.zip" for k in "abc"]
+    threads = torch.get_num_threads()
     for path, count in zip(paths, (4, 4, 6), strict=True):
         write_synthetic_dataset(path, count, 8, "360", seed=5, progress=False)
+    assert torch.get_num_threads() == threads  # the writer's single-thread setting is restored
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert (tmp_path / "a_masks.zip").read_bytes() == (tmp_path / "b_masks.zip").read_bytes()
     small, big = _zip_contents(paths[0]), _zip_contents(paths[2])

@@ -329,7 +329,7 @@ def write_synthetic_dataset(
 
     ``dest`` gets ``00000/img00000000.png ...`` and ``dataset.json`` (see ``DatasetWriter``); ``masks_dest`` (default:
     ``<dest stem>_masks.zip``) the masks (255 = head). Each pixel averages supersample² ray samples. Head i and its
-    camera depend only on (seed, i). Returns a summary dict.
+    camera depend only on (seed, i). Runs with one torch thread (restored afterwards). Returns a summary dict.
     """
     if count < 1:
         raise UserError(f"--count must be at least 1, got {count}")
@@ -339,15 +339,21 @@ def write_synthetic_dataset(
         raise UserError(f"--supersample must be at least 1, got {supersample}")
     sample_cameras(cameras, 0, seed)  # validates the distribution's name before any work
     masks_dest = default_masks_path(dest) if masks_dest is None else masks_dest
-    batch, t_start = max(1, 4096 // resolution), time.perf_counter()
-    with DatasetWriter(dest, masks_dest) as writer, tqdm(total=count, unit="img", disable=not progress) as bar:
-        for start in range(0, count, batch):
-            n = min(batch, count - start)
-            labels = sample_cameras(cameras, n, seed, start)
-            images, masks = _render_batch(sample_heads(n, seed, start), labels, resolution, supersample)
-            for k in range(n):
-                writer.add(images[k].numpy(), labels[k].tolist(), masks[k].numpy())
-            bar.update(n)
+    batch, t_start, threads = max(1, 4096 // resolution), time.perf_counter(), torch.get_num_threads()
+    # One intra-op thread: the tensors here are ~1M elements, too small to gain from threads, and on shared cores
+    # (CI, parallel jobs) every op's thread barrier waits for descheduled threads: 2 threads measured 2-4x slower.
+    torch.set_num_threads(1)
+    try:
+        with DatasetWriter(dest, masks_dest) as writer, tqdm(total=count, unit="img", disable=not progress) as bar:
+            for start in range(0, count, batch):
+                n = min(batch, count - start)
+                labels = sample_cameras(cameras, n, seed, start)
+                images, masks = _render_batch(sample_heads(n, seed, start), labels, resolution, supersample)
+                for k in range(n):
+                    writer.add(images[k].numpy(), labels[k].tolist(), masks[k].numpy())
+                bar.update(n)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - t_start
     return {"dest": str(dest), "masks_dest": str(masks_dest), "count": count, "resolution": resolution,
             "cameras": cameras, "seed": seed, "supersample": supersample, "seconds": round(seconds, 3),
