@@ -267,8 +267,9 @@ class VolumetricHeadGenerator(torch.nn.Module):
 
     def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, update_emas: bool = False) -> torch.Tensor:
-        """z: [B, z_dim], c: [B, 25] conditioning cameras (ignored without pose conditioning) → ws [B, num_ws, w_dim].
-        """
+        """Latents z [B, z_dim] and conditioning cameras c [B, 25] → ws [B, num_ws, w_dim].
+
+        c is ignored when the config has no pose conditioning (the mapping then has no label input)."""
         c = c if self.config.pose_conditioning else None
         return self.backbone.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                                      update_emas=update_emas)
