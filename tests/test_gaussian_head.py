@@ -232,6 +232,10 @@ def test_output_keys_shapes_and_ranges(world_g, mesh):
     assert empty.any() and (out["image_depth"][empty] == 0).all() and (out["image_depth"][~empty] > 2).all()
     assert (out["image"][empty.expand(-1, 3, -1, -1)] == 1).all()  # white background
     assert (out["image_uv"] <= out["image_mask"] + 1e-6).all()  # UV in [0, 1], premultiplied by alpha
+    z = torch.randn(2, 16)  # conditioning and rendering cameras are separate
+    split = world_g(z, cameras, c_render=cameras.flip(0), render_resolution=16, noise_mode="const")
+    expected = world_g.synthesis(world_g.mapping(z, cameras), cameras.flip(0), render_resolution=16, noise_mode="const")
+    assert torch.equal(split["image"], expected["image"])
     grown = world_g.synthesis(_ws(world_g), cameras, render_resolution=16, sample_resolution=24)
     assert grown["image"].shape == (2, 3, 16, 16)
     assert grown["gaussians"].num_gaussians == len(sample_points(mesh, 24))

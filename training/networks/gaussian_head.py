@@ -335,7 +335,7 @@ class GaussianHeadGenerator(torch.nn.Module):
         self._mesh = load_template(config)
         self.register_buffer("template_vertices", self._mesh.vertices.clone(), persistent=False)
         self.register_buffer("template_faces", self._mesh.faces.clone(), persistent=False)
-        self.register_buffer("background", (torch.tensor(config.background) + 1) / 2, persistent=False)  # [0, 1]
+        self.register_buffer("background_color", (torch.tensor(config.background) + 1) / 2, persistent=False)  # [0, 1]
         self._samples: dict[tuple[int, torch.device], tuple[UVSamples, Tensor]] = {}
 
     def mapping(self, z: Tensor, c: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
@@ -422,7 +422,7 @@ class GaussianHeadGenerator(torch.nn.Module):
             cam2world, _ = decode_label(c.to(heads.means.dtype))
             colors = sh1_to_rgb(colors, heads.means - cam2world[:, None, :3, 3])
         gaussians = Gaussians(heads.means, heads.scales, heads.quats, colors, heads.opacities)
-        features, background = colors, self.background.to(colors.dtype)
+        features, background = colors, self.background_color.to(colors.dtype)
         if render_uv:
             features = torch.cat([colors, heads.uv.expand(batch, -1, -1)], dim=-1)
             background = torch.cat([background, background.new_zeros(2)])
