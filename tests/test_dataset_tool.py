@@ -197,3 +197,15 @@ def test_option_errors(tmp_path):
     assert r.exit_code == 1 and "--dest must be a .zip file" in r.output
     r = CliRunner().invoke(cli, ["info", "--source", str(tmp_path / "nothing.zip")])
     assert r.exit_code == 1 and "Error: --source path" in r.output and "Traceback" not in r.output
+
+
+def test_synthetic_creates_missing_dest_folders(tmp_path):
+    dest = tmp_path / "datasets" / "nested" / "heads.zip"  # as in the README's first command on a fresh checkout
+    r = _run("synthetic", "--dest", str(dest), "--count", "2", "--resolution", "16")
+    assert r.exit_code == 0, r.output
+    with zipfile.ZipFile(dest) as zf:
+        assert len([n for n in zf.namelist() if n.endswith(".png")]) == 2
+    assert (dest.parent / "heads_masks.zip").is_file()
+    (tmp_path / "file").write_text("")
+    r = CliRunner().invoke(cli, ["synthetic", "--dest", str(tmp_path / "file" / "h.zip"), "--count", "1"])
+    assert r.exit_code != 0 and "is not a folder" in r.output

@@ -255,8 +255,8 @@ class DatasetWriter:
         for option, path in (("--dest", self.dest), ("--masks-dest", self.masks_dest)):
             if path is not None and path.suffix.lower() != ".zip":
                 raise UserError(f"{option} must be a .zip file, got '{path}'")
-            if path is not None and not path.parent.is_dir():
-                raise UserError(f"{option}: folder '{path.parent}' does not exist")
+            if path is not None and path.parent.exists() and not path.parent.is_dir():
+                raise UserError(f"{option}: '{path.parent}' exists and is not a folder")
         if self.masks_dest is not None and self.dest.resolve() == self.masks_dest.resolve():
             raise UserError(f"--masks-dest must differ from --dest ('{self.dest}')")
         self._labels: list = []
@@ -265,6 +265,9 @@ class DatasetWriter:
         return path.with_name(path.name + ".tmp")
 
     def __enter__(self) -> DatasetWriter:
+        for path in (self.dest, self.masks_dest):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no datasets/ folder yet
         self._zip = zipfile.ZipFile(self._tmp(self.dest), "w")
         self._masks = None if self.masks_dest is None else zipfile.ZipFile(self._tmp(self.masks_dest), "w")
         return self
