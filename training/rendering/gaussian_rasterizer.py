@@ -15,10 +15,9 @@
 
 All backends composite front to back, ``C = Σ_i c_i α_i T_i`` with ``T_i = Π_{j<i} (1 - α_j)``, accumulated
 alpha ``A = 1 - T`` and expected depth ``D = Σ_i z_i α_i T_i / A`` (0 where A = 0); the background is blended as
-``bg (1 - A)``.
-The constants (0.3 px^2 low-pass, near plane 0.01, alpha clamp 0.99, 1/255 skip, 1e-4 transmittance stop) are
-documented in ``training/rendering/gaussians.py``. Note that gsplat releases up to 1.5.3 clamp alpha at 0.999 rather
-than 0.99, so they differ from the torch backend where a Gaussian's opacity exceeds 0.99.
+``bg (1 - A)``. The constants (0.3 px^2 low-pass, near plane 0.01, alpha clamp 0.99, 1/255 skip, 1e-4 transmittance
+stop) are documented in ``training/rendering/gaussians.py``. gsplat releases up to 1.5.3 clamp alpha at 0.999 rather
+than 0.99 (later ones at 0.99), so they differ from the torch backend where a Gaussian's opacity exceeds 0.99.
 """
 
 from __future__ import annotations
@@ -83,6 +82,8 @@ def rasterize(
         resolution: output height and width in pixels.
         background: [C] background colour/feature, or None for 0.
         backend: 'auto' (gsplat for CUDA tensors when it imports, else torch), 'torch', 'gsplat' or 'inria'.
+    Returns:
+        features [B, (V,) C, H, W], alpha and expected depth [B, (V,) 1, H, W], in the dtype of the Gaussians.
     """
     single_view = _check_inputs(gaussians, cameras, resolution, background)
     labels = cameras[:, None] if single_view else cameras
@@ -205,7 +206,7 @@ def rasterize_torch(
     # Σ w = 1 - T; summing the weights keeps small alphas (and the depth divided by them) accurate in float32.
     features, depth_sum, alpha = image[..., :c], image[..., c], image[..., c + 1]
     if background is not None:
-        features = features + background.to(features.dtype) * (1.0 - alpha[..., None])
+        features = features + background.to(features) * (1.0 - alpha[..., None])
     depth = depth_sum / alpha.clamp(min=1e-10)
     return RasterOutput(
         features=features.permute(0, 3, 1, 2).unflatten(0, (b, v)),
@@ -325,7 +326,7 @@ def _rasterize_gsplat(
 
     b, v = world2cam.shape[:2]
     c = gaussians.num_channels
-    backgrounds = None if background is None else background.float().expand(b, v, c)
+    backgrounds = None if background is None else background.to(gaussians.means.device, torch.float32).expand(b, v, c)
     renders, alphas, _ = gsplat.rasterization(
         means=gaussians.means.float(),
         quats=gaussians.quats.float(),
@@ -359,24 +360,31 @@ def _rasterize_inria(
 
     if gaussians.num_channels != 3:
         raise UserError(f"rasterize: backend='inria' renders 3 channels, got {gaussians.num_channels}")
-    g = Gaussians(*(t.float() for t in (gaussians.means, gaussians.scales, gaussians.quats, gaussians.colors,
-                                        gaussians.opacities)))
-    bg = torch.zeros(3, device=g.means.device) if background is None else background.float()
+    means, scales, colors = gaussians.means.float(), gaussians.scales.float(), gaussians.colors.float()
+    quats = torch.nn.functional.normalize(gaussians.quats.float(), dim=-1)  # the package does not normalise them
+    opacities = gaussians.opacities.float()[..., None]
+    bg = torch.zeros(3, device=means.device) if background is None else background.to(means)
     images = []
     for bi in range(world2cam.shape[0]):
         for vi in range(world2cam.shape[1]):
             view, k = world2cam[bi, vi].float(), intrinsics[bi, vi].float()
             settings = _inria_settings(GaussianRasterizationSettings, view, k, resolution)
-            z = g.means[bi] @ view[2, :3] + view[2, 3]
-            aux_colors = torch.stack([z, torch.ones_like(z), torch.zeros_like(z)], dim=-1)
+            z = means[bi] @ view[2, :3] + view[2, 3]
+            aux_colors = torch.stack([z, torch.ones_like(z), torch.zeros_like(z)], dim=-1)  # -> (Σ w z, Σ w, 0)
             passes = []
-            for colors, pass_bg in ((g.colors[bi], bg), (aux_colors, torch.zeros_like(bg))):
+            for pass_colors, pass_bg in ((colors[bi], bg), (aux_colors, torch.zeros_like(bg))):
                 rasterizer = GaussianRasterizer(raster_settings=settings._replace(bg=pass_bg))
-                passes.append(rasterizer(
-                    means3D=g.means[bi], means2D=torch.zeros_like(g.means[bi], requires_grad=True), shs=None,
-                    colors_precomp=colors, opacities=g.opacities[bi, :, None], scales=g.scales[bi],
-                    rotations=g.quats[bi], cov3D_precomp=None,
-                )[0])  # [3, H, W]; newer builds also return radii and depth, which we do not need
+                image = rasterizer(
+                    means3D=means[bi],
+                    means2D=torch.zeros_like(means[bi], requires_grad=True),
+                    shs=None,
+                    colors_precomp=pass_colors,
+                    opacities=opacities[bi],
+                    scales=scales[bi],
+                    rotations=quats[bi],
+                    cov3D_precomp=None,
+                )[0]  # [3, H, W]; builds differ in what else they return (radii, depth)
+                passes.append(image)
             alpha = passes[1][1:2]
             images.append(torch.cat([passes[0], alpha, passes[1][0:1] / alpha.clamp(min=1e-10)]))
     out = torch.stack(images).unflatten(0, tuple(world2cam.shape[:2])).to(gaussians.means.dtype)
