@@ -25,6 +25,7 @@ Schedule helpers used by the training loop: :func:`neural_rendering_resolution`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -326,36 +327,52 @@ def loss_config_at(config: TrainingConfig, cur_nimg: int) -> LossConfig:
 # Builders
 
 
-def build_discriminator(config: TrainingConfig, cur_nimg: int = 0) -> HeadDiscriminator:
-    """The discriminator as it is at ``cur_nimg``: grown to the active stage (mid-fade when the fade is running)."""
-    d = config.discriminator
-    resolution = discriminator_resolution(config, cur_nimg)
-    fade = None
-    if config.schedule.growth:
-        index, _ = growth_stage(config, cur_nimg)
-        previous = config.schedule.growth[index - 1].render_resolution if index > 0 else resolution
-        fade = previous if previous < resolution and growth_blend(config, cur_nimg) < 1 else None
-    return HeadDiscriminator(
-        25 if d.pose_conditioning else 0, resolution, inputs=d.inputs, filter_mode=d.filter_mode, c_noise=d.c_noise,
-        architecture=d.architecture, channel_base=d.channel_base, channel_max=d.channel_max,
-        num_fp16_res=d.num_fp16_res, conv_clamp=d.conv_clamp, mapping_kwargs=dict(num_layers=d.mapping_layers),
-        epilogue_kwargs=dict(mbstd_group_size=d.mbstd_group), fade_resolution=fade)
+def _on(device: torch.device | str | None) -> contextlib.AbstractContextManager:
+    """Default-device context for building modules; None keeps the caller's (e.g. an enclosing ``torch.device``)."""
+    return contextlib.nullcontext() if device is None else torch.device(device)
 
 
-def build_networks(config: TrainingConfig, device: torch.device | str = "cpu",
-                   cur_nimg: int = 0) -> tuple[torch.nn.Module, HeadDiscriminator]:
-    """(G, D) freshly initialised on ``device`` ('meta' counts parameters cheaply), D as it is at ``cur_nimg``.
+def make_generator(config: TrainingConfig, device: torch.device | str | None = None) -> torch.nn.Module:
+    """A freshly initialised generator of ``config.family`` on ``device`` ('meta': shapes only, cheap).
 
     A Gaussian head is built on the CPU and then moved: its constructor builds the template mesh from real values.
     """
     if config.family == "gaussian":
-        G = GaussianHeadGenerator(config.generator).to(device)
-    else:
-        with torch.device(device):
-            G = VolumetricHeadGenerator(config.generator)
-    with torch.device(device):
-        D = build_discriminator(config, cur_nimg)
-    return G, D
+        target = torch.get_default_device() if device is None else torch.device(device)
+        with torch.device("cpu"):
+            return GaussianHeadGenerator(config.generator).to(target)
+    with _on(device):
+        return VolumetricHeadGenerator(config.generator)
+
+
+def make_discriminator(config: TrainingConfig, resolution: int, fade_resolution: int | None = None,
+                       device: torch.device | str | None = None) -> HeadDiscriminator:
+    """A freshly initialised D at ``resolution`` (fading in the blocks above ``fade_resolution`` when given)."""
+    d = config.discriminator
+    with _on(device):
+        return HeadDiscriminator(
+            25 if d.pose_conditioning else 0, resolution, inputs=d.inputs, filter_mode=d.filter_mode,
+            c_noise=d.c_noise, architecture=d.architecture, channel_base=d.channel_base, channel_max=d.channel_max,
+            num_fp16_res=d.num_fp16_res, conv_clamp=d.conv_clamp, mapping_kwargs=dict(num_layers=d.mapping_layers),
+            epilogue_kwargs=dict(mbstd_group_size=d.mbstd_group), fade_resolution=fade_resolution)
+
+
+def build_discriminator(config: TrainingConfig, cur_nimg: int = 0,
+                        device: torch.device | str | None = None) -> HeadDiscriminator:
+    """D as it is at ``cur_nimg``: grown to the active growth stage, mid-fade while that stage's fade runs."""
+    resolution, fade = discriminator_resolution(config, cur_nimg), None
+    if config.schedule.growth:
+        index, _ = growth_stage(config, cur_nimg)
+        previous = config.schedule.growth[index - 1].render_resolution if index > 0 else resolution
+        fade = previous if previous < resolution and growth_blend(config, cur_nimg) < 1 else None
+    return make_discriminator(config, resolution, fade, device)
+
+
+def build_networks(config: TrainingConfig, device: torch.device | str | None = None,
+                   cur_nimg: int = 0) -> tuple[torch.nn.Module, HeadDiscriminator]:
+    """(G, D) freshly initialised on ``device`` ('meta' counts parameters cheaply; None: the current default device),
+    D as it is at ``cur_nimg``."""
+    return make_generator(config, device), build_discriminator(config, cur_nimg, device)
 
 
 def build_loss(config: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module,
