@@ -213,21 +213,25 @@ def apply_color(images: Tensor, matrix: Tensor, color_channels: int) -> Tensor:
 
 
 class _Draws:
-    """Random numbers for one batch: drawn on the generator's device (or ``device``), returned on ``device``."""
+    """Random numbers for one batch: drawn in float32 on the generator's device (or ``device``), so a seed gives the
+    same transforms in any working dtype, and returned on ``device`` in ``dtype``."""
 
-    def __init__(self, n: int, p: Tensor, generator: torch.Generator | None, device: torch.device) -> None:
-        self.n, self.generator, self.device = n, generator, device
+    def __init__(
+        self, n: int, p: Tensor, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.n, self.generator, self.device, self.dtype = n, generator, device, dtype
         self.draw_device = generator.device if generator is not None else device
-        self.p = p.to(device=device, dtype=torch.float32)
+        self.p = p.to(device=device, dtype=dtype)
 
     def uniform(self, *shape: int) -> Tensor:
-        """[N, *shape] float32 uniform in [0, 1)."""
+        """[N, *shape] uniform in [0, 1)."""
         u = torch.rand([self.n, *shape], generator=self.generator, device=self.draw_device)
-        return u.to(self.device)
+        return u.to(self.device, self.dtype)
 
     def normal(self) -> Tensor:
-        """[N] float32 standard normal."""
-        return torch.randn([self.n], generator=self.generator, device=self.draw_device).to(self.device)
+        """[N] standard normal."""
+        u = torch.randn([self.n], generator=self.generator, device=self.draw_device)
+        return u.to(self.device, self.dtype)
 
     def gate(self, value: Tensor, prob: Tensor | None = None) -> Tensor:
         """value where a per-sample coin with probability ``prob`` (default p) fires, else 0 (the neutral parameter)."""
@@ -251,53 +255,53 @@ class AugmentPipe(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"preset={self.preset!r}, transforms={list(self.transforms)}"
 
-    def sample_geometry(self, draws: _Draws, height: int, width: int, dtype: torch.dtype) -> Tensor:
+    def _sample_geometry(self, draws: _Draws, height: int, width: int) -> Tensor:
         """[N, 3, 3] inverse maps (output pixel -> input pixel) composed from the enabled geometric transforms."""
-        inv = torch.eye(3, dtype=dtype, device=draws.device).repeat(draws.n, 1, 1)
-        size = torch.tensor([width, height], dtype=torch.float32, device=draws.device)
+        inv = torch.eye(3, dtype=draws.dtype, device=draws.device).repeat(draws.n, 1, 1)
+        size = torch.tensor([width, height], dtype=draws.dtype, device=draws.device)
         enabled = set(self.transforms)
         # The content undergoes T1, T2, ... in this order, so the sampling map is T1^-1 @ T2^-1 @ ...
         if "xflip" in enabled:
             i = draws.gate(torch.floor(draws.uniform() * 2))
-            inv = inv @ scale2d(1 - 2 * i, torch.ones_like(i)).to(dtype)
+            inv = inv @ scale2d(1 - 2 * i, torch.ones_like(i))
         if "rotate90" in enabled:
             k = draws.gate(torch.floor(draws.uniform() * 4))
-            inv = inv @ rotate90(-k).to(dtype)
+            inv = inv @ rotate90(-k)
         if "xint" in enabled:
             t = draws.gate(torch.round((draws.uniform(2) * 2 - 1) * XINT_MAX * size))
-            inv = inv @ translate2d(-t[:, 0], -t[:, 1]).to(dtype)
+            inv = inv @ translate2d(-t[:, 0], -t[:, 1])
         if "scale" in enabled:
             s = torch.exp2(draws.gate(draws.normal() * SCALE_LOG2_STD))
-            inv = inv @ scale2d(1 / s, 1 / s).to(dtype)
+            inv = inv @ scale2d(1 / s, 1 / s)
         p_rot = 1 - torch.sqrt((1 - draws.p).clamp_min(0))  # two chances: P(any rotation) = p
         if "rotate" in enabled:
             theta = draws.gate((draws.uniform() * 2 - 1) * math.pi, p_rot)
-            inv = inv @ rotate2d(-theta).to(dtype)
+            inv = inv @ rotate2d(-theta)
         if "aniso" in enabled:
             s = torch.exp2(draws.gate(draws.normal() * ANISO_LOG2_STD))
-            inv = inv @ scale2d(1 / s, s).to(dtype)
+            inv = inv @ scale2d(1 / s, s)
         if "rotate" in enabled:
             theta = draws.gate((draws.uniform() * 2 - 1) * math.pi, p_rot)
-            inv = inv @ rotate2d(-theta).to(dtype)
+            inv = inv @ rotate2d(-theta)
         if "xfrac" in enabled:
             t = draws.gate(torch.stack([draws.normal(), draws.normal()], dim=1) * XFRAC_STD * size)
-            inv = inv @ translate2d(-t[:, 0], -t[:, 1]).to(dtype)
+            inv = inv @ translate2d(-t[:, 0], -t[:, 1])
         return inv
 
-    def sample_color(self, draws: _Draws, dtype: torch.dtype) -> Tensor:
+    def _sample_color(self, draws: _Draws) -> Tensor:
         """[N, 4, 4] colour matrices composed from the enabled colour transforms (applied in ADA order)."""
-        m = torch.eye(4, dtype=dtype, device=draws.device).repeat(draws.n, 1, 1)
+        m = torch.eye(4, dtype=draws.dtype, device=draws.device).repeat(draws.n, 1, 1)
         enabled = set(self.transforms)
         if "brightness" in enabled:
-            m = translate3d(draws.gate(draws.normal() * BRIGHTNESS_STD)).to(dtype) @ m
+            m = translate3d(draws.gate(draws.normal() * BRIGHTNESS_STD)) @ m
         if "contrast" in enabled:
-            m = scale3d(torch.exp2(draws.gate(draws.normal() * CONTRAST_LOG2_STD))).to(dtype) @ m
+            m = scale3d(torch.exp2(draws.gate(draws.normal() * CONTRAST_LOG2_STD))) @ m
         if "lumaflip" in enabled:
-            m = grey_flip(draws.gate(torch.floor(draws.uniform() * 2))).to(dtype) @ m
+            m = grey_flip(draws.gate(torch.floor(draws.uniform() * 2))) @ m
         if "hue" in enabled:
-            m = hue_rotation(draws.gate((draws.uniform() * 2 - 1) * math.pi)).to(dtype) @ m
+            m = hue_rotation(draws.gate((draws.uniform() * 2 - 1) * math.pi)) @ m
         if "saturation" in enabled:
-            m = saturation(torch.exp2(draws.gate(draws.normal() * SATURATION_LOG2_STD))).to(dtype) @ m
+            m = saturation(torch.exp2(draws.gate(draws.normal() * SATURATION_LOG2_STD))) @ m
         return m
 
     def forward(self, images: Tensor, color_channels: int = 3, generator: torch.Generator | None = None) -> Tensor:
@@ -321,13 +325,13 @@ class AugmentPipe(torch.nn.Module):
             raise UserError(f"AugmentPipe: color_channels must be a multiple of 3 in [0, {c}], got {color_channels}")
         dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         x = images.to(dtype)
-        draws = _Draws(n, self.p, generator, images.device)
+        draws = _Draws(n, self.p, generator, images.device, dtype)
         if any(t in GEOMETRIC_TRANSFORMS for t in self.transforms):
-            inv = self.sample_geometry(draws, h, w, dtype)
+            inv = self._sample_geometry(draws, h, w)
             general = any(t in TRANSFORM_GROUPS["g"] for t in self.transforms)
             x = apply_geometry(x, inv, antialias=general)  # blits never minify: no blur needed
         if any(t in COLOR_TRANSFORMS for t in self.transforms) and color_channels > 0:
-            x = apply_color(x, self.sample_color(draws, dtype), color_channels)
+            x = apply_color(x, self._sample_color(draws), color_channels)
         return x.to(images.dtype)
 
 
