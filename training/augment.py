@@ -1,10 +1,11 @@
 """Adaptive discriminator augmentation (ADA): a differentiable, per-sample random augmentation of D's inputs.
 
 Every transform fires independently per sample with probability ``p`` (the ``p`` buffer); when it fires its
-parameter is drawn from a fixed distribution, otherwise it is the identity. Per sample, all geometric transforms
-compose into one 3x3 matrix (pixel units, origin at the image centre, x right, y down) that is applied once with
-``grid_sample`` (bicubic, reflection padding); all colour transforms compose into one 4x4 matrix acting on
-homogeneous RGB values. Samples whose composed matrix is exactly the identity are passed through unchanged, so
+parameter is drawn from a fixed distribution, otherwise it is the identity (a firing xflip, rotate90 or lumaflip
+draws uniformly from its group, identity included, so at p = 1 half of the samples are flipped). Per sample, all
+geometric transforms compose into one 3x3 matrix (pixel units, origin at the image centre, x right, y down) that is
+applied once with ``grid_sample`` (bicubic, reflection padding); all colour transforms compose into one 4x4 matrix
+acting on homogeneous RGB values. Samples whose composed matrix is exactly the identity are passed through unchanged, so
 ``p = 0`` is the identity exactly and non-augmented samples are never resampled.
 
 Aliasing: a sample whose geometric map shrinks the image (input pixels per output pixel ``s > 1`` in its most
