@@ -29,7 +29,7 @@ from training.networks.gaussian_head import (
     rotation_to_quaternion,
 )
 from training.rendering.gaussians import quaternion_to_rotation
-from training.rendering.template import procedural_head, sample_points
+from training.rendering.template import load_obj, procedural_head, sample_points
 
 TINY = dict(z_dim=16, w_dim=16, uv_resolution=32, channel_base=256, channel_max=32, sample_resolution=40,
             render_resolution=32)
@@ -322,3 +322,15 @@ def test_tiny_generator_and_discriminator_forward_backward():
     grads = [g.backbone.mapping.fc0.weight.grad, g.backbone.synthesis.b4.const.grad, g.position_conv.weight.grad,
              g.backbone.synthesis.b32.torgb.weight.grad]
     assert all(grad is not None and torch.isfinite(grad).all() and grad.abs().max() > 0 for grad in grads)
+
+
+def test_obj_template_with_a_named_transform(shared_fixtures):
+    path = shared_fixtures / "gghead_templates" / "flame_uv_no_back_close_mouth_no_subdivision.obj"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    g = _generator(template=str(path), template_transform="flame_to_eg3d", sample_resolution=32)
+    mesh = load_obj(path, transform="flame_to_eg3d")
+    heads = g.generate(_ws(g, 1), noise_mode="const")
+    assert torch.equal(heads.means[0], sample_points(mesh, 32).positions(mesh.vertices))
+    with pytest.raises(UserError, match="GaussianHeadConfig.template"):
+        _generator(template=str(path.with_suffix(".ply")))
