@@ -209,7 +209,7 @@ def _brute_force_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return (x.flatten(2) @ w.T).reshape(x.shape)
 
 
-def test_blur_images_matches_brute_force_loop():
+def test_blur_images_matches_dense_2d_operator():
     x = torch.randn(2, 3, 9, 11, dtype=torch.float64)
     for sigma in (0.4, 1.3, 5.0):  # 5.0: the kernel is wider than the image
         torch.testing.assert_close(blur_images(x, sigma), _brute_force_blur(x, sigma), rtol=1e-12, atol=1e-12)
@@ -436,7 +436,7 @@ def test_density_regularizer_is_l1_of_sigma_differences():
 
 
 def test_gaussian_regularizers_wired_with_configured_weights():
-    G, D = _gaussian(), StubD(inputs=("image",))
+    G, D = _gaussian().requires_grad_(False), StubD(inputs=("image",))  # values only; gradients: last test
     synthesis = _recorded(G, "synthesis")
     loss = HeadGANLoss(
         G, D, LossConfig(position_reg=0.3, scale_reg=0.2, opacity_beta_reg=0.7, uv_tv_reg=3.0, uv_tv_threshold=0.05)

@@ -16,11 +16,11 @@ the regularisation interval for the lazy phases Greg / Dreg):
   r1_gamma_mask for 'image_mask'. Gradients are taken with respect to the groups as they enter the loss (before blur and
   augmentation).
 
-Generator runs: the conditioning camera c_cond is, per sample and with probability ``gpc_swap_prob(cur_nimg)``, another
-sample's camera (generator pose conditioning); the rendering camera and D's label stay the sample's own. Volumetric heads
-with a background generator draw the background, per sample with probability background_swap_prob, from another
-sample's ws. Style mixing replaces, per sample with probability style_mixing_prob, the ws from a random layer on with
-those of a second z (mapped with the same c_cond).
+Generator runs: the conditioning camera c_cond is, per sample and with probability ``gpc_swap_prob(cur_nimg)``,
+another sample's camera (generator pose conditioning); the rendering camera and D's label stay the sample's own.
+Volumetric heads with a background generator draw the background, per sample with probability background_swap_prob,
+from another sample's ws. Style mixing replaces, per sample with probability style_mixing_prob, the ws from a random
+layer on with those of a second z (mapped with the same c_cond).
 
 Real inputs: 'image_raw' is the real image resized (antialiased) to the raw resolution (volumetric: the neural
 rendering resolution; Gaussian: the render resolution), 'image_mask' the dataset mask resized likewise, so real and fake
