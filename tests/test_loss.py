@@ -1,5 +1,5 @@
 """HeadGANLoss against independent computations: softplus closed forms on the logits of a stub discriminator, R1 of
-a quadratic discriminator in closed form and of a real tri-discriminator by explicit autograd, a brute-force blur loop,
+a quadratic discriminator in closed form and of a real tri-discriminator by explicit autograd, a dense 2-D blur operator,
 recorded generator / discriminator calls (pose-conditioning swaps, symmetric blur, background swap, style mixing),
 closed forms of the camera-offset and density regularisers, direct calls of the Gaussian regularisers, and one step
 per phase on tiny generators and discriminators of both families."""
