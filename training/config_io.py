@@ -51,7 +51,7 @@ def config_from_dict(cls: type, data: object, where: str | None = None):
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise UserError(f"{where}: unknown field(s) {unknown}; known fields are {sorted(names)}")
+        raise UserError(f"{where}: unknown keys {unknown} (unknown field names; the known fields are {sorted(names)})")
     values = {name: convert_value(data[name], hints[name], f"{where}.{name}") for name in names if name in data}
     try:
         return cls(**values)

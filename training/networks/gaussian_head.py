@@ -35,9 +35,7 @@ render with a deformed template of the same topology.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +46,7 @@ from torch import Tensor
 
 from dnnlib import UserError
 from training.cameras import decode_label
+from training.config_io import check_field_types, config_from_dict, config_to_dict
 from training.networks.stylegan2 import Generator
 from training.rendering.gaussian_rasterizer import BACKENDS, rasterize
 from training.rendering.gaussians import Gaussians
@@ -105,11 +104,7 @@ class GaussianHeadConfig:
     rotation_range: float = 2 * math.pi
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for field in dataclasses.fields(self):
-            if not _matches_type(getattr(self, field.name), hints[field.name]):
-                raise UserError(f"GaussianHeadConfig.{field.name}: expected {hints[field.name]}, "
-                                f"got {getattr(self, field.name)!r}")
+        check_field_types(self)
         positive = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "sample_resolution",
                     "render_resolution", "position_range", "rotation_range")
         for name in positive:
@@ -134,20 +129,13 @@ class GaussianHeadConfig:
             raise UserError(f"GaussianHeadConfig.background: expected 3 numbers in [-1, 1], got {self.background}")
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable dict of the fields."""
-        return dataclasses.asdict(self)
+        """A JSON-compatible dict of the fields (tuples as lists); see ``training.config_io``."""
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> GaussianHeadConfig:
-        """The config from ``to_dict`` output (e.g. read back from JSON); unknown keys are errors."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise UserError(f"GaussianHeadConfig: unknown field(s) {unknown}; known fields are {sorted(names)}")
-        values = dict(data)
-        if isinstance(values.get("background"), list):
-            values["background"] = tuple(values["background"])
-        return cls(**values)
+        """The config from ``to_dict`` output (e.g. read back from JSON); unknown keys and wrong types are errors."""
+        return config_from_dict(cls, data)
 
     def attribute_channels(self) -> dict[str, int]:
         """UV-map channels per attribute, in UV-map order."""
@@ -158,22 +146,6 @@ class GaussianHeadConfig:
             "color": 3 if self.color == "rgb" else 12,
             "opacity": 1,
         }
-
-
-def _matches_type(value: object, hint: object) -> bool:
-    """Whether ``value`` fits a config annotation (int, float, str, bool, X | None, tuple[float, ...])."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple:
-        return isinstance(value, tuple) and len(value) == len(args) and all(map(_matches_type, value, args))
-    if args:  # a union such as float | None
-        return any(_matches_type(value, arg) for arg in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ EG3D's TriPlaneGenerator; ``torgb.*``, ``bcg_synthesis.*``, ``t_mapping.*`` as i
 from __future__ import annotations
 
 import dataclasses
-import typing
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from dnnlib import UserError
 from torch_utils import misc
 from training.cameras import LABEL_DIM
+from training.config_io import check_field_types, config_from_dict, config_to_dict
 from training.networks.background import BackgroundGenerator, composite_features
 from training.networks.stylegan2 import FullyConnectedLayer, Generator, ToRGBLayer, normalize_2nd_moment
 from training.networks.superresolution import SuperResolution
@@ -113,8 +113,8 @@ class VolumetricHeadConfig:
     camera_mapping_layers: int = 2
 
     def __post_init__(self) -> None:
-        _check_fields(self)
-        _check_fields(self.render)
+        check_field_types(self)
+        check_field_types(self.render)
         choices = {"trigrid_axes": ("panohead", "eg3d"), "decoder_activation": DECODER_ACTIVATIONS,
                    "raw_rgb": RAW_RGB_MODES, "sr_noise_mode": _NOISE_MODES}
         for name, allowed in choices.items():
@@ -133,53 +133,13 @@ class VolumetricHeadConfig:
                             "camera_mapping_layers must be >= 1")
 
     def to_dict(self) -> dict:
-        """Plain JSON-serialisable dict (nested ``render`` dict; tuples become lists under ``json.dumps``)."""
-        return dataclasses.asdict(self)
+        """Plain JSON-compatible dict (nested ``render`` dict, tuples as lists); see ``training.config_io``."""
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> VolumetricHeadConfig:
-        """Inverse of :meth:`to_dict`; unknown keys and wrong types raise UserError."""
-        data = dict(data)
-        if isinstance(data.get("render"), dict):
-            data["render"] = _dataclass_from_dict(RenderOptions, data["render"], "VolumetricHeadConfig.render")
-        if isinstance(data.get("sr_channels"), list):
-            data["sr_channels"] = tuple(data["sr_channels"])
-        return _dataclass_from_dict(cls, data, "VolumetricHeadConfig")
-
-
-def _dataclass_from_dict(cls: type, data: dict, where: str):
-    """Build ``cls(**data)`` after rejecting unknown keys and values of the wrong type."""
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(hints))
-    if unknown:
-        raise UserError(f"{where}: unknown keys {unknown}; expected a subset of {sorted(hints)}")
-    for name, value in data.items():
-        if not _has_type(value, hints[name]):
-            raise UserError(f"{where}.{name}: expected {hints[name]}, got {value!r}")
-    return cls(**data)
-
-
-def _check_fields(config) -> None:
-    """Type check of a config dataclass's fields against their annotations."""
-    hints = typing.get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if not _has_type(value, hints[f.name]):
-            raise UserError(f"{type(config).__name__}.{f.name}: expected {hints[f.name]}, got {value!r}")
-
-
-def _has_type(value, hint) -> bool:
-    """isinstance for the annotations configs use: bool is not an int, an int is a float, unions, fixed tuples."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple:
-        return isinstance(value, tuple) and len(value) == len(args) and all(map(_has_type, value, args))
-    if args:  # X | Y
-        return any(_has_type(value, a) for a in args)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+        """Inverse of :meth:`to_dict`; unknown keys and wrong types raise UserError naming the field."""
+        return config_from_dict(cls, data)
 
 
 def apply_camera_offset(labels: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
