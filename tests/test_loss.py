@@ -1,8 +1,8 @@
 """HeadGANLoss against independent computations: softplus closed forms on the logits of a stub discriminator, R1 of
-a quadratic discriminator in closed form and of a real tri-discriminator by explicit autograd, a dense 2-D blur operator,
-recorded generator / discriminator calls (pose-conditioning swaps, symmetric blur, background swap, style mixing),
-closed forms of the camera-offset and density regularisers, direct calls of the Gaussian regularisers, and one step
-per phase on tiny generators and discriminators of both families."""
+a quadratic discriminator in closed form and of a real tri-discriminator by explicit autograd, a dense 2-D blur
+operator, recorded generator / discriminator calls (pose-conditioning swaps, symmetric blur, background swap, style
+mixing), closed forms of the camera-offset and density regularisers, direct calls of the Gaussian regularisers, and one
+step per phase on tiny generators and discriminators of both families."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F  # noqa: N812
 from dnnlib import UserError
 from torch_utils import training_stats
 from torch_utils.ops.filtered_resize import filtered_resize
+from training.augment import AugmentPipe
 from training.cameras import lookat_labels
 from training.gaussian_regularizers import opacity_beta, raw_norm, uv_total_variation
 from training.loss import (
@@ -32,7 +33,8 @@ from training.networks.volumetric_head import VolumetricHeadConfig, VolumetricHe
 from training.rendering.volume import RenderOptions
 
 N = 2
-RES = 32  # image / discriminator resolution of both tiny generators
+RES = 32  # image / discriminator resolution of the tiny volumetric generator
+GRES = 16  # render / discriminator resolution of the tiny Gaussian generator
 NR = 8  # neural rendering resolution of the tiny volumetric generator
 VOLUMETRIC = VolumetricHeadConfig(
     z_dim=8,
@@ -53,7 +55,7 @@ VOLUMETRIC = VolumetricHeadConfig(
     sr_channels=(8, 4),
 )
 GAUSSIAN = GaussianHeadConfig(
-    z_dim=16, w_dim=16, uv_resolution=32, channel_base=256, channel_max=32, sample_resolution=24, render_resolution=RES
+    z_dim=16, w_dim=16, uv_resolution=32, channel_base=256, channel_max=32, sample_resolution=12, render_resolution=GRES
 )
 ALL_GROUPS = ("image", "image_raw", "image_mask")
 
@@ -69,10 +71,10 @@ def _gaussian() -> GaussianHeadGenerator:
     return g
 
 
-def _discriminator(inputs=ALL_GROUPS) -> HeadDiscriminator:
+def _discriminator(inputs=ALL_GROUPS, resolution=RES) -> HeadDiscriminator:
     return HeadDiscriminator(
         25,
-        RES,
+        resolution,
         inputs=inputs,
         channel_base=128,
         channel_max=16,
@@ -88,10 +90,10 @@ def _cameras(yaws, dtype=torch.float32) -> torch.Tensor:
     return lookat_labels(math.pi / 2 + yaws, torch.full_like(yaws, math.pi / 2), dtype=dtype)
 
 
-def _reals(dtype=torch.float32) -> dict[str, torch.Tensor]:
+def _reals(dtype=torch.float32, resolution=RES) -> dict[str, torch.Tensor]:
     return {
-        "image": torch.rand(N, 3, RES, RES, dtype=dtype) * 2 - 1,
-        "image_mask": torch.rand(N, 1, RES, RES, dtype=dtype),
+        "image": torch.rand(N, 3, resolution, resolution, dtype=dtype) * 2 - 1,
+        "image_mask": torch.rand(N, 1, resolution, resolution, dtype=dtype),
     }
 
 
@@ -123,9 +125,9 @@ def _recorded(module, name):
 class StubD(torch.nn.Module):
     """Logits scale·c[:, 0] + bias (the images enter with weight 0); records the input groups and labels."""
 
-    def __init__(self, inputs=ALL_GROUPS):
+    def __init__(self, inputs=ALL_GROUPS, resolution=RES):
         super().__init__()
-        self.inputs, self.img_resolution = inputs, RES
+        self.inputs, self.img_resolution = inputs, resolution
         self.scale = torch.nn.Parameter(torch.tensor(3.0))
         self.bias = torch.nn.Parameter(torch.tensor(-2.5))
         self.calls = []
@@ -368,11 +370,20 @@ def test_augment_pipe_sees_aligned_groups_at_image_resolution():
     reals = _reals()
     _step(loss, "Dreg", reals=reals)
     seen = D.calls[0][0]
-    assert pipe.color_channels == 3
+    assert pipe.color_channels == 6  # image and raw image are colour-augmented together, the mask is not
     torch.testing.assert_close(seen["image"], reals["image"].flip(-1), rtol=0, atol=0)
     for key, source in (("image_raw", "image"), ("image_mask", "image_mask")):
         expected = filtered_resize(filtered_resize(reals[source], NR), RES).flip(-1)
         torch.testing.assert_close(seen[key], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_r1_through_the_real_augment_pipe():
+    D = _discriminator()
+    loss = HeadGANLoss(_volumetric(), D, LossConfig(), augment_pipe=AugmentPipe("bgc", p=1.0))
+    stats = _step(loss, "Dreg", gain=16.0)
+    grads = [g for g in _grads(D) if g is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    assert all(stats.mean(f"Loss/r1_penalty/{key}") > 0 for key in ALL_GROUPS)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -436,7 +447,7 @@ def test_density_regularizer_is_l1_of_sigma_differences():
 
 
 def test_gaussian_regularizers_wired_with_configured_weights():
-    G, D = _gaussian().requires_grad_(False), StubD(inputs=("image",))  # values only; gradients: last test
+    G, D = _gaussian().requires_grad_(False), StubD(("image",), GRES)  # values only; gradients: last test
     synthesis = _recorded(G, "synthesis")
     loss = HeadGANLoss(
         G, D, LossConfig(position_reg=0.3, scale_reg=0.2, opacity_beta_reg=0.7, uv_tv_reg=3.0, uv_tv_threshold=0.05)
@@ -467,12 +478,12 @@ def test_each_phase_touches_only_its_network(family):
     if family == "volumetric":
         G, D, render_kwargs = _volumetric(), _discriminator(), dict(neural_rendering_resolution=NR)
     else:
-        G, D, render_kwargs = _gaussian(), _discriminator(("image",)), dict(render_resolution=RES)
+        G, D, render_kwargs = _gaussian(), _discriminator(("image",), GRES), dict(render_resolution=GRES)
     loss = HeadGANLoss(G, D, LossConfig(blur_fade_kimg=1.0))
     for phase, gain in (("Gmain", 1.0), ("Greg", 4.0), ("Dmain", 1.0), ("Dreg", 16.0)):
         G.zero_grad(set_to_none=True)
         D.zero_grad(set_to_none=True)
-        _step(loss, phase, gain=gain, cur_nimg=300, **render_kwargs)
+        _step(loss, phase, gain=gain, cur_nimg=300, reals=_reals(resolution=D.img_resolution), **render_kwargs)
         touched, untouched = (G, D) if phase.startswith("G") else (D, G)
         assert all(g is None for g in _grads(untouched)), phase
         grads = [g for g in _grads(touched) if g is not None]

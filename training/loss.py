@@ -30,8 +30,9 @@ Blur (design choice, unlike EG3D/PanoHead, which blur the real raw image but not
 every group D reads, real and fake alike, is blurred with the same σ, given in pixels of the final image and scaled by
 each group's resolution relative to it, so every group loses the same detail. The kernel has weights 2^(−(t/σ)²) for
 integer t in [−⌊3σ⌋, ⌊3σ⌋] (σ is the half width at half maximum) and is renormalised over the pixels inside the image,
-so borders are not darkened. With an augment pipe, the groups are resized to D's resolution, stacked (image first) and
-augmented together: geometric transforms keep them aligned; colour transforms reach the first ``img_channels``.
+so borders are not darkened. With an augment pipe, the groups are resized to D's resolution, stacked in D's order and
+augmented together (``training.augment.AugmentPipe``): one geometric transform keeps them aligned, one colour transform
+reaches the image and the raw image (``color_channels``), the mask gets none; D then reads them at its resolution.
 
 Every term is reported with ``torch_utils.training_stats.report`` (names in ``accumulate_gradients``); real logit signs
 ('Loss/signs/real') drive the ADA heuristic.
@@ -180,7 +181,8 @@ class HeadGANLoss:
 
     G and D may be wrapped (DDP): attributes are read from ``.module`` when present; D is called through its forward,
     G through the unwrapped module's ``mapping`` / ``camera_offset`` / ``synthesis`` / ``sample``.
-    ``augment_pipe``: None or a module ``(images [N, C, R, R], color_channels) -> images``.
+    ``augment_pipe``: None or a module ``(images [N, C, R, R], color_channels) -> images`` (colour transforms on the
+    first ``color_channels`` channels, read as RGB triples; geometry on all), e.g. ``training.augment.AugmentPipe``.
     """
 
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, config: LossConfig,
@@ -343,7 +345,8 @@ class HeadGANLoss:
             keys = list(groups)
             parts = [x if x.shape[-1] == resolution else filtered_resize(x, resolution) for x in groups.values()]
             channels = [x.shape[1] for x in parts]
-            stacked = self.augment_pipe(torch.cat(parts, dim=1), color_channels=channels[0])
+            rgb = sum(c for key, c in zip(keys, channels, strict=True) if key != "image_mask")
+            stacked = self.augment_pipe(torch.cat(parts, dim=1), color_channels=rgb)
             groups = dict(zip(keys, stacked.split(channels, dim=1), strict=True))
         return self.D(groups, c)
 
