@@ -438,7 +438,7 @@ def _presets() -> dict[str, TrainingConfig]:
         loss=dataclasses.replace(gghead.loss, blur_fade_kimg=2.0, gpc_fade_kimg=10.0),
         schedule=ScheduleConfig(**_TINY_SCHEDULE, kimg=20.0, growth=(
             GrowthStage(0.0, 32, 32, fade_kimg=0.0),
-            GrowthStage(5.0, 64, 48, fade_kimg=2.0, loss_overrides=_GGHEAD_STAGE2_LOSS))),
+            GrowthStage(10.0, 64, 48, fade_kimg=2.0, loss_overrides=_GGHEAD_STAGE2_LOSS))),
         data=DataConfig(resolution=64, workers=0))
     tiny_panohead = TrainingConfig(
         family="volumetric",
