@@ -91,38 +91,38 @@ class Run:
 
 
 def training_loop(config: TrainingConfig, run_dir: str, resume: str | None = None,
-                  progress_callback: Callable[[int, int], None] | None = None) -> None:
+                  progress_callback: Callable[[int, int], None] | None = None, device_type: str | None = None) -> None:
     """Train until ``config.schedule.kimg`` thousand real images have been shown; write logs and snapshots to
     ``run_dir``. ``resume``: a run directory (its newest complete snapshot) or a network-snapshot-*.safetensors file
     (its training-state-*.pt must sit next to it). ``progress_callback(cur_nimg, total_nimg)`` runs after every tick.
-    Launch with torchrun for several processes (``torch_utils.distributed``)."""
-    distributed.init()
+    ``device_type``: 'cuda' or 'cpu' (None: CUDA when available). Launch with torchrun for several processes
+    (``torch_utils.distributed``)."""
+    distributed.init(device_type)
     if config.schedule.metrics:
         raise UserError(f"schedule.metrics: no metrics are available in this version yet, got "
                         f"{list(config.schedule.metrics)}")
-    log = RunLog(run_dir)
-    dataset = open_dataset(config)
-    run = build_run(config, dataset, resume)
-    total_nimg = round(config.schedule.kimg * 1000)
-    log.start(run, dataset, resume, total_nimg)
-    grid = GridSetup(run, dataset)
-    if resume is None:
-        grid.save_reals(run_dir)
-        grid.save_fakes(run, Path(run_dir) / "fakes_init.png")
-    loader = iter(data_loader(run, dataset))
-    timer = TickTimer(run.progress.cur_nimg)
-    while run.progress.cur_nimg < total_nimg:
-        reals = real_chunks(run, next(loader))
-        training_step(run, reals)
-        run.progress.cur_nimg += config.schedule.batch
-        run.progress.batch_idx += 1
-        advance_schedules(run)
-        done = run.progress.cur_nimg >= total_nimg
-        if done or run.progress.cur_nimg >= timer.start_nimg + config.schedule.tick_kimg * 1000:
-            end_tick(run, log, timer, grid, done)
-            if progress_callback is not None:
-                progress_callback(run.progress.cur_nimg, total_nimg)
-    log.close()
+    with RunLog(run_dir) as log:
+        dataset = open_dataset(config)
+        run = build_run(config, dataset, resume)
+        total_nimg = round(config.schedule.kimg * 1000)
+        log.start(run, dataset, resume, total_nimg)
+        grid = GridSetup(run, dataset)
+        if resume is None:
+            grid.save_reals(run_dir)
+            grid.save_fakes(run, Path(run_dir) / "fakes_init.png")
+        loader = iter(data_loader(run, dataset))
+        timer = TickTimer(run.progress.cur_nimg)
+        while run.progress.cur_nimg < total_nimg:
+            reals = real_chunks(run, next(loader))
+            training_step(run, reals)
+            run.progress.cur_nimg += config.schedule.batch
+            run.progress.batch_idx += 1
+            advance_schedules(run)
+            done = run.progress.cur_nimg >= total_nimg
+            if done or run.progress.cur_nimg >= timer.start_nimg + config.schedule.tick_kimg * 1000:
+                end_tick(run, log, timer, grid, done)
+                if progress_callback is not None:
+                    progress_callback(run.progress.cur_nimg, total_nimg)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -174,7 +174,8 @@ def build_run(config: TrainingConfig, dataset: ImageFolderDataset, resume: str |
                   "D": torch.optim.Adam(D.parameters(), lr=opt.d_lr, betas=opt.betas, eps=opt.eps)}
     sched = config.schedule
     augment_pipe = None if sched.augment == "noaug" else AugmentPipe(sched.augment_spec, sched.augment_p).to(device)
-    ada = AdaptiveP(sched.ada_target, sched.ada_kimg, sched.ada_interval) if sched.augment == "ada" else None
+    ada = None if sched.augment != "ada" else AdaptiveP(sched.ada_target, sched.ada_kimg, sched.ada_interval,
+                                                        p=sched.augment_p)  # ADA starts from augment_p
     labels = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))])).to(device)
     run = Run(config, device, G, G_ema, D, optimizers, augment_pipe, ada, labels, progress)
     if ada is not None:
@@ -358,7 +359,7 @@ def end_tick(run: Run, log: RunLog, timer: TickTimer, grid: GridSetup, done: boo
               "Timing/sec_per_tick": tick_sec, "Timing/sec_per_kimg": tick_sec / tick_kimg,
               "Resources/peak_mem_gb": peak_memory_gb(run.device)}
     for name, value in values.items():
-        training_stats.report0(name, value)
+        training_stats.report0(name, torch.tensor(value, dtype=torch.float64))  # a Python float would become float32
     log.stats.update()  # collective: every rank calls it
     log.tick()
     kimg = progress.cur_nimg // 1000
@@ -426,8 +427,13 @@ class RunLog:
                 self._tensorboard.add_scalar(name, value, global_step=round(means["Progress/kimg"] * 1000))
             self._tensorboard.flush()
 
-    def close(self) -> None:
-        """Close the files (rank 0)."""
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        """Log why a run stopped on a user-facing error, and close the files (rank 0)."""
+        if isinstance(exc, UserError):
+            self.line(f"stopped: {exc}")
         for f in self._files:
             f.close()
         if self._tensorboard is not None:
