@@ -190,7 +190,8 @@ def _check_batch(config: TrainingConfig) -> None:
     world, s = distributed.get_world_size(), config.schedule
     if s.batch % (world * s.batch_gpu):
         raise UserError(f"--batch ({s.batch}) must be a multiple of the number of processes ({world}) times "
-                        f"--batch-gpu ({s.batch_gpu})")
+                        f"--batch-gpu ({s.batch_gpu}); e.g. --batch-gpu={max(s.batch // world, 1)} or "
+                        f"--batch={world * s.batch_gpu}")
 
 
 def run(options: dict) -> None:
