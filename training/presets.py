@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -403,8 +404,11 @@ _TINY_VOLUMETRIC = dict(z_dim=32, w_dim=32, channel_base=512, channel_max=32, tr
                         background_resolution=32, background_channel_base=256, image_resolution=64, sr_up_blocks=1,
                         sr_channels=(16, 8), sr_fp16=False)
 _TINY_RENDER = dict(depth_resolution=12, depth_resolution_importance=12)
+# GGHead's scale constants suit 256² UV samples (spacing ≈ 0.003, initial σ ≈ e^-5.13 ≈ 0.006). The tiny preset starts
+# with 32² samples, about 8× sparser, so the initial log-scale moves up by ln(256/32) (σ ≈ 0.024) while the cap stays at
+# e^-3: with GGHead's own constants the first tiny heads render as isolated dots instead of a closed surface.
 _TINY_GAUSSIAN = dict(z_dim=32, w_dim=32, uv_resolution=32, channel_base=512, channel_max=32, sample_resolution=48,
-                      render_resolution=64)
+                      render_resolution=64, scale_offset=-5.0 + math.log(256 / 32))
 
 
 def _presets() -> dict[str, TrainingConfig]:
