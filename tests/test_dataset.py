@@ -80,6 +80,7 @@ def test_images_and_labels(tmp_path, as_zip):
     for i in range(5):
         image, label = ds[i]
         assert image.dtype == np.uint8 and label.dtype == np.float32
+        assert image.flags.writeable  # torch.as_tensor warns on read-only arrays (DataLoader collate)
         np.testing.assert_array_equal(image, images[i].transpose(2, 0, 1))
         written = np.round(labels[i], 6) if as_zip else labels[i]  # the zip's labels are strings with 6 decimals
         np.testing.assert_array_equal(label, written.astype(np.float32))

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -348,3 +349,15 @@ def test_killed_process_leaves_previous_snapshot_loadable(tmp_path):
     assert len(leftovers) == 1 and leftovers[0].startswith(".network-snapshot-000040.safetensors.")
     assert find_latest_snapshot(tmp_path) == (network, state, 40)
     assert torch.equal(load_network_snapshot(network)[0]["G"]["bias"], torch.full((2,), 40.0))
+
+
+def test_snapshot_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "network-snapshot-000000.safetensors"
+        save_network_snapshot(path, {"m": torch.nn.Linear(2, 2)}, {"x": 1})
+        save_training_state(tmp_path / "training-state-000000.pt", {"step": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by the group and others, as any other output file
+    assert stat.S_IMODE((tmp_path / "training-state-000000.pt").stat().st_mode) == 0o644

@@ -313,10 +313,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if self._xflip[idx]:
             image = image[:, :, ::-1]
             mask = None if mask is None else mask[:, :, ::-1]
-        image = np.ascontiguousarray(image)
+        image = np.array(image, order="C")  # a writable copy: PIL's arrays are read-only, which torch warns about
         if mask is None:
             return image, self.get_label(idx)
-        return image, self.get_label(idx), np.ascontiguousarray(mask)
+        return image, self.get_label(idx), np.array(mask, order="C")
 
     def _load_image(self, raw: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Colour channels uint8 [C, H, W] and the alpha channel uint8 [1, H, W] (None without alpha)."""

@@ -64,8 +64,10 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise UserError(f"cannot write '{path}': folder '{path.parent}' does not exist")
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"  # hidden, and never matches a final name
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # permissions follow the umask
+    mode = tmp.stat().st_mode
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # safetensors replaces the file with a private (0600) one; keep the umask's permissions
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
