@@ -107,8 +107,8 @@ def training_loop(config: TrainingConfig, run_dir: str, resume: str | None = Non
         total_nimg = round(config.schedule.kimg * 1000)
         log.start(run, dataset, resume, total_nimg)
         grid = GridSetup(run, dataset)
+        grid.save_reals(run_dir)
         if resume is None:
-            grid.save_reals(run_dir)
             grid.save_fakes(run, Path(run_dir) / "fakes_init.png")
         loader = iter(data_loader(run, dataset))
         timer = TickTimer(run.progress.cur_nimg)
