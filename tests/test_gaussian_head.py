@@ -1,5 +1,6 @@
 """Gaussian-head generator: config, activations against closed forms, sampling against a bilinear loop, start on the
-template, triangle binding under a similarity, outputs, depth against a brute-force ray cast, a G + D training step."""
+template, triangle binding under a similarity, outputs, depth against a brute-force ray cast, a G + D training step,
+constant and generated backgrounds against compositing the rasterizer's output by hand."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ from training.networks.gaussian_head import (
     quaternion_multiply,
     rotation_to_quaternion,
 )
+from training.rendering.gaussian_rasterizer import rasterize
 from training.rendering.gaussians import quaternion_to_rotation
 from training.rendering.template import load_obj, procedural_head, sample_points
 
 TINY = dict(z_dim=16, w_dim=16, uv_resolution=32, channel_base=256, channel_max=32, sample_resolution=40,
             render_resolution=32)
+BG = dict(background_generator=True, background_resolution=16, background_channel_base=64)  # 16² → 32² renders
 
 
 def _generator(**overrides) -> GaussianHeadGenerator:
@@ -334,3 +337,110 @@ def test_obj_template_with_a_named_transform(shared_fixtures):
     assert torch.equal(heads.means[0], sample_points(mesh, 32).positions(mesh.vertices))
     with pytest.raises(UserError, match="GaussianHeadConfig.template"):
         _generator(template=str(path.with_suffix(".ply")))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backgrounds
+
+
+@pytest.fixture(scope="module")
+def bg_g() -> GaussianHeadGenerator:
+    return _generator(**BG)
+
+
+def _render_over_zero(out: dict, cameras: torch.Tensor, resolution: int):
+    """The rasterizer's own output for G's rendered Gaussians, over a zero background (premultiplied colours)."""
+    return rasterize(out["gaussians"], cameras, resolution, background=None, backend="torch")
+
+
+def test_background_config_fields_round_trip_and_errors():
+    cfg = GaussianHeadConfig(**TINY, **BG)
+    assert GaussianHeadConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    default = GaussianHeadConfig()  # GGHead: constant white, PanoHead's sizes for the optional generator
+    assert not default.background_generator
+    assert (default.background_resolution, default.background_channel_base) == (128, 16384)
+    with pytest.raises(UserError, match="GaussianHeadConfig.background_resolution"):
+        GaussianHeadConfig(background_resolution=48)
+    with pytest.raises(UserError, match="GaussianHeadConfig.background_channel_base"):
+        GaussianHeadConfig(background_channel_base=0)
+    with pytest.raises(UserError, match="GaussianHeadConfig.background_generator"):
+        GaussianHeadConfig.from_dict({"background_generator": "yes"})
+
+
+def test_generated_background_is_composited_over_the_premultiplied_render(bg_g):
+    ws, cameras = _ws(bg_g), _cameras(2)
+    out = bg_g.synthesis(ws, cameras, noise_mode="const")
+    raster = _render_over_zero(out, cameras, 32)
+    bg = bg_g.bcg_synthesis(ws, out_resolution=32, noise_mode="const")  # [-1, 1] image range, resized by the module
+    # "Over" in [0, 1] colour space, then mapped to [-1, 1].
+    expected = 2 * (raster.features + (1 - raster.alpha) * (bg + 1) / 2) - 1
+    torch.testing.assert_close(out["image"], expected, rtol=0, atol=2e-6)
+    assert torch.equal(out["image_mask"], raster.alpha) and out["image_raw"] is out["image"]
+    assert (raster.alpha == 0).any() and (raster.alpha > 0.9).any()  # both parts of the blend are exercised
+    assert bg.std() > 1e-3  # a non-trivial background image
+
+
+def test_empty_scene_shows_exactly_the_background(bg_g):
+    ws, cameras = _ws(bg_g), _cameras(2)
+    heads = bg_g.generate(ws, noise_mode="const")
+    empty = dataclasses.replace(heads, opacities=torch.zeros_like(heads.opacities))
+    for resolution in (32, 8):  # background upsampled 16 → 32, and shrunk 16 → 8 (antialiased)
+        out = bg_g.render(empty, cameras, render_resolution=resolution, render_uv=True)
+        expected = bg_g.bcg_synthesis(ws, out_resolution=resolution, noise_mode="const")
+        torch.testing.assert_close(out["image"], expected, rtol=0, atol=0)
+        assert torch.equal(out["image_mask"], torch.zeros(2, 1, resolution, resolution))
+        assert torch.equal(out["image_uv"], torch.zeros(2, 2, resolution, resolution))  # UV background stays 0
+
+
+def test_ws_background_changes_only_the_background(bg_g):
+    ws, cameras = _ws(bg_g), _cameras(2)
+    own = bg_g.synthesis(ws, cameras, noise_mode="const")
+    swapped_ws = ws.flip(0)[:, :1]  # another head's first w; the module repeats it over its ws
+    swapped = bg_g.synthesis(ws, cameras, ws_background=swapped_ws, noise_mode="const")
+    for key in ("image_mask", "image_depth"):
+        assert torch.equal(swapped[key], own[key])
+    assert torch.equal(swapped["gaussians"].colors, own["gaussians"].colors)
+    bg_own = bg_g.bcg_synthesis(ws, out_resolution=32, noise_mode="const")
+    bg_swapped = bg_g.bcg_synthesis(swapped_ws.expand(-1, bg_g.bcg_synthesis.num_ws, -1), out_resolution=32,
+                                    noise_mode="const")
+    alpha = own["image_mask"]
+    torch.testing.assert_close(swapped["image"] - own["image"], (1 - alpha) * (bg_swapped - bg_own), rtol=0,
+                               atol=4e-6)
+    background = (alpha == 0).expand(-1, 3, -1, -1)
+    assert torch.equal(swapped["image"][background], bg_swapped[background])
+    assert (swapped["image"][background] - own["image"][background]).abs().max() > 1e-2
+    with pytest.raises(UserError, match="ws_background"):
+        bg_g.synthesis(ws, cameras, ws_background=ws[:1])
+    with pytest.raises(UserError, match="ws_background given but the model has a constant background"):
+        _generator().synthesis(ws, cameras, ws_background=ws)
+
+
+def test_constant_background_is_the_rasterizer_blend_and_has_no_generator(bg_g):
+    colour = (-1.0, 0.5, 0.2)
+    g = _generator(background=colour)
+    ws, cameras = _ws(g), _cameras(2)
+    out = g.synthesis(ws, cameras, noise_mode="const")
+    raster = _render_over_zero(out, cameras, 32)
+    expected = 2 * (raster.features + (1 - raster.alpha) * (torch.tensor(colour).view(1, 3, 1, 1) + 1) / 2) - 1
+    torch.testing.assert_close(out["image"], expected, rtol=0, atol=2e-6)
+    assert out["heads"].background is None and not hasattr(g, "bcg_synthesis")
+    # Same seed: the foreground does not depend on the background mode; only bcg_synthesis.* parameters are added.
+    assert torch.equal(bg_g.synthesis(ws, cameras, noise_mode="const")["image_mask"], out["image_mask"])
+    keys, bg_keys = set(g.state_dict()), set(bg_g.state_dict())
+    assert keys < bg_keys and all(k.startswith("bcg_synthesis.") for k in bg_keys - keys)
+    with pytest.raises(UserError, match="background_generator"):
+        g.render(bg_g.generate(ws, noise_mode="const"), cameras)
+
+
+def test_tiny_generator_with_background_generator_forward_backward():
+    g = _generator(**BG).train()
+    cameras = _cameras(2)
+    z = torch.randn(2, 16)
+    ws = g.mapping(z, cameras)
+    out = g.synthesis(ws, cameras, ws_background=ws.roll(1, 0), render_uv=True)
+    weights = torch.randn_like(out["image"])
+    ((out["image"] * weights).mean() + out["image_uv"].mean()).backward()
+    assert out["image"].shape == (2, 3, 32, 32) and torch.isfinite(out["image"]).all()
+    grads = [g.bcg_synthesis.b4.const.grad, g.bcg_synthesis.b16.torgb.weight.grad, g.backbone.synthesis.b4.const.grad,
+             g.backbone.mapping.fc0.weight.grad]
+    assert all(grad is not None and torch.isfinite(grad).all() and grad.abs().max() > 0 for grad in grads)

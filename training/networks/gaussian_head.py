@@ -5,6 +5,14 @@ samples at the fixed UV points of a template mesh (one Gaussian per covered texe
 grid) → activations → batched rasterization at the output resolution (no super-resolution, so ``image_raw`` is
 ``image``).
 
+Background: a constant colour blended by the rasterizer (GGHead, masked data), or with ``background_generator`` the
+shared StyleGAN2 :class:`~training.networks.background.BackgroundGenerator` (PanoHead's, submodule ``bcg_synthesis``,
+3 RGB channels in the image range) driven by the first ws, or by ``ws_background`` (background-swap regulariser). Its
+image is resized to the render resolution (bilinear, antialiased when shrinking) and composited in the image range
+over the premultiplied render: with F = Σ c_i α_i T_i (colours in [0, 1], rendered over 0) and alpha A,
+image = (2F − A) + (1 − A)·bg, i.e. every colour mapped to 2c − 1 and then ``composite_features``. ``image_mask`` is
+A either way.
+
 UV-map channels, in this order: position offset 3 (through a zero-initialised 1×1 convolution, so every Gaussian starts
 exactly on the template), scale 3, rotation (axis-angle 3 or quaternion 4), colour (RGB 3 or SH degree 1: 4 × 3,
 coefficient-major), opacity 1. GGHead's FFHQ configuration has 22 channels (axis-angle, SH degree 1).
@@ -47,6 +55,7 @@ from torch import Tensor
 from dnnlib import UserError
 from training.cameras import decode_label
 from training.config_io import check_field_types, config_from_dict, config_to_dict
+from training.networks.background import BackgroundGenerator, composite_features
 from training.networks.stylegan2 import Generator
 from training.rendering.gaussian_rasterizer import BACKENDS, rasterize
 from training.rendering.gaussians import Gaussians
@@ -73,7 +82,9 @@ class GaussianHeadConfig:
     ``template`` is 'procedural' (the built-in head, already in EG3D world) or the path of an OBJ file with UVs;
     ``template_transform`` names a transform in ``training.rendering.template.NAMED_TRANSFORMS`` (e.g.
     'flame_to_eg3d' for GGHead's FLAME templates) applied to the OBJ's vertices. ``background`` is an RGB colour in
-    the image range [-1, 1] (white = (1, 1, 1), as GGHead's masked data). ``sample_resolution`` grows from 256 to 512
+    the image range [-1, 1] (white = (1, 1, 1), as GGHead's masked data), used unless ``background_generator``: then a
+    BackgroundGenerator paints it (``background_resolution``, a power of two >= 4, and ``background_channel_base``, as
+    in ``VolumetricHeadConfig``; PanoHead: 128 and 16384). ``sample_resolution`` grows from 256 to 512
     in GGHead's second stage (pass ``sample_resolution`` to ``synthesis``); ``render_resolution`` is the default
     output size. The activation constants are described in the module docstring.
     """
@@ -95,6 +106,9 @@ class GaussianHeadConfig:
     bind_to_triangles: bool = False
     render_resolution: int = 512
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    background_generator: bool = False
+    background_resolution: int = 128
+    background_channel_base: int = 16384
     rasterizer_backend: str = "auto"
     position_range: float = 0.25
     scale_offset: float = -5.0
@@ -106,15 +120,17 @@ class GaussianHeadConfig:
     def __post_init__(self) -> None:
         check_field_types(self)
         positive = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "sample_resolution",
-                    "render_resolution", "position_range", "rotation_range")
+                    "render_resolution", "background_channel_base", "position_range", "rotation_range")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"GaussianHeadConfig.{name}: expected a positive value, got {getattr(self, name)}")
         for name in ("c_dim", "num_fp16_res", "opacity_overshoot", "color_overshoot"):
             if getattr(self, name) < 0:
                 raise UserError(f"GaussianHeadConfig.{name}: expected a value >= 0, got {getattr(self, name)}")
-        if self.uv_resolution < 4 or self.uv_resolution & (self.uv_resolution - 1):
-            raise UserError(f"GaussianHeadConfig.uv_resolution: expected a power of two >= 4, got {self.uv_resolution}")
+        for name in ("uv_resolution", "background_resolution"):
+            value = getattr(self, name)
+            if value < 4 or value & (value - 1):
+                raise UserError(f"GaussianHeadConfig.{name}: expected a power of two >= 4, got {value}")
         choices = {"color": COLOR_MODES, "rotation": ROTATION_MODES, "rasterizer_backend": BACKENDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -258,7 +274,8 @@ class GeneratedHeads:
     means [B, N, 3] world; scales [B, N, 3] linear (> 0); quats [B, N, 4] unit (w, x, y, z); colors [B, N, 3] RGB
     in [0, 1] ('rgb') or [B, N, 4, 3] SH degree-1 coefficients ('sh1'); opacities [B, N] in [0, 1] (clamped);
     uv [N, 2] the Gaussians' UV coordinates in [0, 1]; raw the pre-activation values; uv_map [B, C, H, W] the
-    synthesis output with the position channels after the zero-initialised convolution.
+    synthesis output with the position channels after the zero-initialised convolution; background [B, 3, Rb, Rb]
+    the generated background in [-1, 1] at the background generator's resolution (None with a constant colour).
     """
 
     means: Tensor
@@ -269,6 +286,7 @@ class GeneratedHeads:
     uv: Tensor
     raw: RawAttributes
     uv_map: Tensor
+    background: Tensor | None = None
 
 
 def load_template(config: GaussianHeadConfig) -> TemplateMesh:
@@ -283,9 +301,11 @@ def load_template(config: GaussianHeadConfig) -> TemplateMesh:
 class GaussianHeadGenerator(torch.nn.Module):
     """G(z, c) → a dict with ``image`` [B, 3, R, R] in [-1, 1] and the generated Gaussians (see ``synthesis``).
 
-    Parameters: ``backbone`` (a StyleGAN2 ``Generator``: backbone.mapping.*, backbone.synthesis.*) and
-    ``position_conv`` (the zero-initialised 1×1 convolution). The template is rebuilt from the config (its buffers are
-    not saved in the state dict); sample points are computed once per (sample resolution, device) and memoised.
+    Parameters: ``backbone`` (a StyleGAN2 ``Generator``: backbone.mapping.*, backbone.synthesis.*),
+    ``position_conv`` (the zero-initialised 1×1 convolution) and, with ``background_generator``, ``bcg_synthesis``
+    (a BackgroundGenerator, named as in the volumetric head and PanoHead). The template is rebuilt from the config
+    (its buffers are not saved in the state dict); sample points are computed once per (sample resolution, device)
+    and memoised.
     """
 
     def __init__(self, config: GaussianHeadConfig):
@@ -304,6 +324,10 @@ class GaussianHeadGenerator(torch.nn.Module):
         self.position_conv = torch.nn.Conv2d(3, 3, kernel_size=1)
         torch.nn.init.zeros_(self.position_conv.weight)
         torch.nn.init.zeros_(self.position_conv.bias)
+        if config.background_generator:
+            self.bcg_synthesis = BackgroundGenerator(config.w_dim, config.background_resolution, 3,
+                                                     channel_base=config.background_channel_base,
+                                                     channel_max=config.channel_max)
         self._mesh = load_template(config)
         self.register_buffer("template_vertices", self._mesh.vertices.clone(), persistent=False)
         self.register_buffer("template_faces", self._mesh.faces.clone(), persistent=False)
@@ -330,11 +354,13 @@ class GaussianHeadGenerator(torch.nn.Module):
         return self._samples[key]
 
     def generate(self, ws: Tensor, sample_resolution: int | None = None, template_vertices: Tensor | None = None,
-                 **block_kwargs) -> GeneratedHeads:
-        """ws [B, num_ws, w_dim] → the activated Gaussians of B heads.
+                 ws_background: Tensor | None = None, **block_kwargs) -> GeneratedHeads:
+        """ws [B, num_ws, w_dim] → the activated Gaussians of B heads (and their generated background, if any).
 
         template_vertices: [V, 3] or [B, V, 3] world vertices with the template's topology (default: the template).
-        block_kwargs: noise_mode ('random' | 'const' | 'none'), force_fp32, fused_modconv (see stylegan2.py).
+        ws_background: [B, n >= 1, w_dim] ws for the background generator instead of ``ws`` (background swap).
+        block_kwargs: noise_mode ('random' | 'const' | 'none'), force_fp32, fused_modconv (see stylegan2.py); they
+        apply to the background generator too.
         """
         cfg = self.config
         vertices = self._check_vertices(template_vertices)
@@ -364,7 +390,24 @@ class GaussianHeadGenerator(torch.nn.Module):
             uv=samples.uv.to(uv_map.dtype),
             raw=raw,
             uv_map=uv_map,
+            background=self._background(ws, ws_background, **block_kwargs),
         )
+
+    def _background(self, ws: Tensor, ws_background: Tensor | None, **block_kwargs) -> Tensor | None:
+        """The background generator's image [B, 3, Rb, Rb] for ``ws_background`` (default: ws), None with a constant
+        colour."""
+        if not self.config.background_generator:
+            if ws_background is not None:
+                raise UserError("GaussianHeadGenerator: ws_background given but the model has a constant background "
+                                "(GaussianHeadConfig.background_generator is False)")
+            return None
+        if ws_background is None:
+            return self.bcg_synthesis(ws, **block_kwargs)
+        shape = ws_background.shape
+        if ws_background.ndim != 3 or shape[0] != ws.shape[0] or shape[1] < 1 or shape[2] != self.w_dim:
+            raise UserError(f"GaussianHeadGenerator: ws_background must be [{ws.shape[0]}, n >= 1, {self.w_dim}], "
+                            f"got {list(shape)}")
+        return self.bcg_synthesis(ws_background, **block_kwargs)
 
     def _check_vertices(self, template_vertices: Tensor | None) -> Tensor:
         if template_vertices is None:
@@ -379,7 +422,8 @@ class GaussianHeadGenerator(torch.nn.Module):
                render_uv: bool = False) -> dict:
         """Renders each head from its camera c [B, 25] (labels) at ``render_resolution`` (default: the config's).
 
-        Returns image / image_raw [B, 3, R, R] in [-1, 1] (the same tensor), image_mask [B, 1, R, R] (accumulated
+        Returns image / image_raw [B, 3, R, R] in [-1, 1] (the same tensor; over the constant colour or over the heads'
+        generated background resized to R, see the module docstring), image_mask [B, 1, R, R] (accumulated
         alpha), image_depth [B, 1, R, R] (expected camera-space z where alpha > 0, divided by alpha; 0 elsewhere),
         gaussians (the rendered Gaussians; colours are the RGB seen from c), and with ``render_uv`` image_uv
         [B, 2, R, R]: the Gaussians' UV coordinates composited in the same pass (premultiplied by alpha, background 0),
@@ -393,14 +437,29 @@ class GaussianHeadGenerator(torch.nn.Module):
         if self.config.color == "sh1":
             cam2world, _ = decode_label(c.to(heads.means.dtype))
             colors = sh1_to_rgb(colors, heads.means - cam2world[:, None, :3, 3])
+        if (heads.background is None) == self.config.background_generator:
+            raise UserError("render: the heads' background does not match GaussianHeadConfig.background_generator "
+                            "(generate them with this generator)")
         gaussians = Gaussians(heads.means, heads.scales, heads.quats, colors, heads.opacities)
-        features, background = colors, self.background_color.to(colors.dtype)
+        features = colors
         if render_uv:
             features = torch.cat([colors, heads.uv.expand(batch, -1, -1)], dim=-1)
-            background = torch.cat([background, background.new_zeros(2)])
+        background = None  # a generated background is composited below, over the render on 0
+        if heads.background is None:
+            background = self.background_color.to(colors.dtype)
+            if render_uv:
+                background = torch.cat([background, background.new_zeros(2)])
         out = rasterize(Gaussians(heads.means, heads.scales, heads.quats, features, heads.opacities), c, resolution,
                         background=background, backend=self.config.rasterizer_backend)
-        image = out.features[:, :3] * 2 - 1
+        rgb = out.features[:, :3]  # in [0, 1], over the constant colour or premultiplied over 0
+        if heads.background is None:
+            image = rgb * 2 - 1
+        else:
+            bg = heads.background
+            if bg.shape[-1] != resolution:  # as BackgroundGenerator(out_resolution=...)
+                bg = F.interpolate(bg, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                                   antialias=True)
+            image = composite_features(rgb * 2 - out.alpha, out.alpha, bg.to(rgb.dtype))
         result = dict(image=image, image_raw=image, image_mask=out.alpha, image_depth=out.depth, gaussians=gaussians)
         if render_uv:
             result["image_uv"] = out.features[:, 3:]
@@ -408,11 +467,12 @@ class GaussianHeadGenerator(torch.nn.Module):
 
     def synthesis(self, ws: Tensor, c: Tensor, render_resolution: int | None = None,
                   sample_resolution: int | None = None, template_vertices: Tensor | None = None,
-                  render_uv: bool = False, **block_kwargs) -> dict:
+                  render_uv: bool = False, ws_background: Tensor | None = None, **block_kwargs) -> dict:
         """ws [B, num_ws, w_dim] and rendering cameras c [B, 25] → ``render``'s dict plus ``raw`` (RawAttributes, for
-        the regularisers) and ``heads`` (GeneratedHeads: re-render them from other cameras with ``render``)."""
+        the regularisers) and ``heads`` (GeneratedHeads: re-render them from other cameras with ``render``).
+        ws_background: [B, n, w_dim] ws for the background generator (background swap; needs one)."""
         heads = self.generate(ws, sample_resolution=sample_resolution, template_vertices=template_vertices,
-                              **block_kwargs)
+                              ws_background=ws_background, **block_kwargs)
         result = self.render(heads, c, render_resolution=render_resolution, render_uv=render_uv)
         result.update(raw=heads.raw, heads=heads)
         return result
