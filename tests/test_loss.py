@@ -359,6 +359,16 @@ def test_background_swap_and_style_mixing():
         HeadGANLoss(_gaussian(), StubD(("image",)), LossConfig(background_swap_prob=0.2))
 
 
+def test_background_swap_reaches_gaussian_heads_with_a_background_generator():
+    G = GaussianHeadGenerator(dataclasses.replace(GAUSSIAN, background_generator=True, background_resolution=8))
+    G.requires_grad_(False)
+    synthesis = _recorded(G, "synthesis")
+    loss = HeadGANLoss(G, StubD(("image",)), LossConfig(background_swap_prob=1.0))
+    _step(loss, "Gmain")
+    ws, kwargs = synthesis[0][0][0], synthesis[0][1]
+    assert torch.equal(kwargs["ws_background"], ws.roll(1, dims=0))  # probability 1: every head takes its neighbour's
+
+
 def test_augment_pipe_sees_aligned_groups_at_image_resolution():
     class FlipPipe(torch.nn.Module):
         def forward(self, images, color_channels=3):

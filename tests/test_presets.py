@@ -203,7 +203,7 @@ def test_unknown_fields_and_wrong_types_name_the_field():
         TrainingConfig.from_dict(gaussian)
     with pytest.raises(UserError, match=r"TrainingConfig\.family: expected one of"):
         TrainingConfig.from_dict({**data, "family": "mesh"})
-    with pytest.raises(UserError, match=r"TrainingConfig\.generator: unknown keys \['background_channel_base'"):
+    with pytest.raises(UserError, match=r"TrainingConfig\.generator: unknown keys \['camera_adaptation'"):
         TrainingConfig.from_dict({**data, "family": "gaussian"})
 
 

@@ -194,10 +194,10 @@ class HeadGANLoss:
             raise UserError(f"HeadGANLoss: G must be a GaussianHeadGenerator or VolumetricHeadGenerator, got "
                             f"{type(self._G).__name__}")
         self.volumetric = isinstance(self._G, VolumetricHeadGenerator)
-        self.has_background = self.volumetric and self._G.config.background
+        self.has_background = hasattr(self._G, "bcg_synthesis")  # both families name their background generator so
         if config.background_swap_prob > 0 and not self.has_background:
-            raise UserError("LossConfig.background_swap_prob > 0 needs a volumetric generator with a background "
-                            "generator (VolumetricHeadConfig.background)")
+            raise UserError("LossConfig.background_swap_prob > 0 needs a generator with a background generator "
+                            "(VolumetricHeadConfig.background or GaussianHeadConfig.background_generator)")
         self.inputs = tuple(self._D.inputs)
         self.gammas = {"image": config.r1_gamma, "image_raw": config.r1_gamma, "image_mask": config.r1_gamma_mask}
         self.gaussian_regs = None if self.volumetric else config.gaussian_regularizer_config()
@@ -270,12 +270,12 @@ class HeadGANLoss:
         """G's output dict for latents z [N, z_dim] rendered from cameras c [N, 25] (the training-time generator run:
         pose-conditioning swap, style mixing, background swap, camera self-adaptation)."""
         ws = self._mapping(z, c, cur_nimg, update_emas)
-        if not self.volumetric:
-            return self._G.synthesis(ws, c, render_uv=render_uv, **render_kwargs)
-        offset = self._G.camera_offset(z, c, update_emas=update_emas)
         extra = {}
         if self.has_background and self.config.background_swap_prob > 0:
             extra["ws_background"] = swap_with_previous(ws, self.config.background_swap_prob)
+        if not self.volumetric:
+            return self._G.synthesis(ws, c, render_uv=render_uv, **extra, **render_kwargs)
+        offset = self._G.camera_offset(z, c, update_emas=update_emas)
         return self._G.synthesis(ws, c, camera_offset=offset, **extra, **render_kwargs)
 
     def _g_main(self, gen_z: Tensor, gen_c: Tensor, gain: float, cur_nimg: int, sigma: float,
