@@ -17,6 +17,9 @@ gradients with ``autograd.grad``, which DDP's forward-hook reducer cannot see; r
 what ``no_sync`` on all but the last chunk would do. Non-finite gradients skip the phase's optimiser step (counted in
 ``Loss/nonfinite_grads/<phase>``); ``MAX_NONFINITE_STREAK`` consecutive skips of one phase stop the run.
 
+Mixed precision is the networks' own setting (``num_fp16_res``, ``sr_fp16``: float16 blocks on CUDA only, with conv
+clamping); the loop adds no autocast, so CPU runs are float32 throughout.
+
 Exact resume: randomness is reseeded per chunk (``schedules`` docstring) and the data order is a function of the image
 position, so a run stopped after N steps and resumed for M more ends with bit-identical weights to an N + M run.
 """
