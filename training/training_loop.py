@@ -7,7 +7,7 @@ Per step (``batch`` real images over all processes): fetch this rank's share of 
 snapshot pair every ``snap`` ticks (and at the end).
 
 Conventions: reals are uint8 on disk, float NCHW in [-1, 1] here (masks N1HW in [0, 1]); for Gaussian heads with
-masks, reals are composited over the generator's constant background (GGHead trains on matted images).
+masks and a constant background colour, reals are composited over that colour (GGHead trains on matted images).
 
 Gradients: each phase accumulates over this rank's ``batch / (world · batch_gpu)`` chunks with the gain
 ``interval / rounds``, then the gradients are averaged over the processes, so the update is that of the mean loss
@@ -251,7 +251,7 @@ def real_chunks(run: Run, batch: list) -> list[tuple[dict[str, torch.Tensor], to
     if len(batch) > 2:
         mask = batch[2].to(run.device, non_blocking=True).to(torch.float32) / 255
         reals["image_mask"] = mask
-        if run.config.family == "gaussian":
+        if run.config.family == "gaussian" and not run.config.generator.background_generator:
             background = torch.tensor(run.config.generator.background, device=run.device).view(1, 3, 1, 1)
             reals["image"] = images * mask + background * (1 - mask)
     labels = batch[1].to(run.device, non_blocking=True)
