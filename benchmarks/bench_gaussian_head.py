@@ -21,18 +21,15 @@ procedural template is closest; the actual count is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cpu_name, emit, time_ms  # noqa: E402
 from training.cameras import lookat_labels  # noqa: E402
 from training.gaussian_regularizers import STAGE2_REGULARIZERS, gaussian_regularizers  # noqa: E402
 from training.networks.gaussian_head import GaussianHeadConfig, GaussianHeadGenerator  # noqa: E402
@@ -40,24 +37,8 @@ from training.networks.gaussian_head import GaussianHeadConfig, GaussianHeadGene
 _COVERAGE = 0.908  # share of sample-grid texel centres the procedural template covers (docs/template.md)
 
 
-def _time(fn, device: str, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
-def _emit(what: str, config: dict, device_name: str, value: float, unit: str) -> None:
-    print(json.dumps({"what": what, "config": config, "device": device_name, "value": round(value, 3), "unit": unit}),
-          flush=True)
 
 
 def _cameras(batch: int, device: str) -> torch.Tensor:
@@ -92,21 +73,21 @@ def measure(g: GaussianHeadGenerator, device: str, resolution: int, batch: int, 
         (out["image"].square().mean() + sum(t.mean() for t in terms.values())).backward()
 
     g.eval()  # fused modulated convolutions, as in inference
-    ms = _time(synthesis, device, repeats)
-    _emit("synthesis", config, device_name, ms, "ms")
-    _emit("synthesis_heads_per_second", config, device_name, batch * 1e3 / ms, "heads/s")
+    ms = time_ms(synthesis, device, repeats)
+    emit("synthesis", config, device_name, ms, "ms")
+    emit("synthesis_heads_per_second", config, device_name, batch * 1e3 / ms, "heads/s")
     if not train:
         return
     g.train()
-    batched = _time(lambda: step(z, c), device, repeats)
-    _emit("train_step", config, device_name, batched, "ms")
+    batched = time_ms(lambda: step(z, c), device, repeats)
+    emit("train_step", config, device_name, batched, "ms")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         step(z, c)
-        _emit("train_step_peak_gpu_memory", config, device_name, torch.cuda.max_memory_allocated() / 2**20, "MiB")
+        emit("train_step_peak_gpu_memory", config, device_name, torch.cuda.max_memory_allocated() / 2**20, "MiB")
     if batch > 1:
-        looped = _time(lambda: [step(z[i : i + 1], c[i : i + 1]) for i in range(batch)], device, repeats)
-        _emit("train_step_per_sample_ratio", config, device_name, looped / batched, "x")
+        looped = time_ms(lambda: [step(z[i : i + 1], c[i : i + 1]) for i in range(batch)], device, repeats)
+        emit("train_step_per_sample_ratio", config, device_name, looped / batched, "x")
 
 
 def _suite(g: GaussianHeadGenerator, repeats: int, name: str) -> None:
@@ -151,7 +132,7 @@ def main() -> None:
     )
     torch.manual_seed(0)
     g = GaussianHeadGenerator(config).to(args.device)
-    name = (f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads" if cpu
+    name = (cpu_name() if cpu
             else torch.cuda.get_device_name())
     if args.suite and not cpu:
         _suite(g, args.repeats, name)

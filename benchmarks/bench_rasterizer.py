@@ -13,19 +13,16 @@ ratio. Scenes are head-like: Gaussians on a 0.25-radius sphere with GGHead's ini
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cpu_name, emit, time_ms  # noqa: E402
 from dnnlib import UserError  # noqa: E402
 from training.rendering.gaussian_rasterizer import rasterize  # noqa: E402
 from training.rendering.gaussians import Gaussians  # noqa: E402
@@ -65,24 +62,8 @@ def cameras(batch: int, device: str, seed: int = 0) -> torch.Tensor:
     return torch.stack(labels).to(device)
 
 
-def _time(fn, device: str, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
-def _emit(what: str, config: dict, device_name: str, value: float, unit: str) -> None:
-    print(json.dumps({"what": what, "config": config, "device": device_name, "value": round(value, 3), "unit": unit}),
-          flush=True)
 
 
 def measure(backend: str, device: str, resolution: int, count: int, batch: int, repeats: int, device_name: str) -> None:
@@ -99,14 +80,14 @@ def measure(backend: str, device: str, resolution: int, count: int, batch: int, 
         out = rasterize(Gaussians(*leaves), cams, resolution, backend=backend)
         (out.features.sum() + out.alpha.sum() + out.depth.sum()).backward()
 
-    _emit("rasterize_forward", config, device_name, _time(forward, device, repeats), "ms")
+    emit("rasterize_forward", config, device_name, time_ms(forward, device, repeats), "ms")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    _emit("rasterize_forward_backward", config, device_name, _time(train_step, device, repeats), "ms")
+    emit("rasterize_forward_backward", config, device_name, time_ms(train_step, device, repeats), "ms")
     if device == "cuda":
-        _emit("peak_gpu_memory", config, device_name, torch.cuda.max_memory_allocated() / 2**20, "MiB")
+        emit("peak_gpu_memory", config, device_name, torch.cuda.max_memory_allocated() / 2**20, "MiB")
     else:
-        _emit("peak_rss_so_far", config, device_name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")
+        emit("peak_rss_so_far", config, device_name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")
 
 
 def main() -> None:
@@ -118,7 +99,7 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.device in ("cpu", "all"):
-        name = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        name = cpu_name()
         for count in (4096, 16384):
             for batch in (1, 4):
                 measure("torch", "cpu", 64, count, batch, args.repeats, name)

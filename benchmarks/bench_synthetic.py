@@ -11,7 +11,6 @@ the default supersampling (2x2 rays per pixel). ``write_synthetic_dataset`` alwa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,13 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import emit  # noqa: E402
 from training.synthetic import render_heads, sample_cameras, write_synthetic_dataset  # noqa: E402
 from training.synthetic_heads import sample_heads  # noqa: E402
-
-
-def _emit(what: str, config: dict, device: str, value: float, unit: str) -> None:
-    print(json.dumps({"what": what, "config": config, "device": device, "value": round(value, 2), "unit": unit}),
-          flush=True)  # fmt: skip
 
 
 def _device(threads: int) -> str:
@@ -44,8 +39,8 @@ def measure_write(count: int, resolution: int, cameras: str, supersample: int) -
                                 progress=False)  # fmt: skip
         seconds = time.perf_counter() - start
     config = {"count": count, "resolution": resolution, "cameras": cameras, "supersample": supersample}
-    _emit("synthetic_dataset_write", config, _device(1), count / seconds, "heads/s")
-    _emit("synthetic_dataset_write_time", config, _device(1), seconds, "s")
+    emit("synthetic_dataset_write", config, _device(1), count / seconds, "heads/s")
+    emit("synthetic_dataset_write_time", config, _device(1), seconds, "s")
 
 
 def measure_render(count: int, resolution: int, cameras: str, threads: int, batch: int = 64) -> None:
@@ -56,7 +51,7 @@ def measure_render(count: int, resolution: int, cameras: str, threads: int, batc
         render_heads(sample_heads(n, 0, first), sample_cameras(cameras, n, 0, first), resolution)
     seconds = time.perf_counter() - start
     config = {"count": count, "resolution": resolution, "cameras": cameras, "rays_per_pixel": 1}
-    _emit("render_heads", config, _device(threads), count / seconds, "heads/s")
+    emit("render_heads", config, _device(threads), count / seconds, "heads/s")
 
 
 def main() -> None:

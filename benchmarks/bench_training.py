@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cpu_name, emit  # noqa: E402
 from torch_utils import distributed  # noqa: E402
 from training import training_loop  # noqa: E402
 from training.presets import PRESETS, TrainingConfig  # noqa: E402
@@ -98,18 +97,17 @@ def main() -> None:
     names = [n for item in requested for n in GROUPS.get(item, [item])]
     distributed.init(args.device)
     device = distributed.device()
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             if name not in PRESETS:
                 raise SystemExit(f"--presets: unknown preset {name!r}; expected 'tiny', 'full' or {sorted(PRESETS)}")
             config = _config(name, _dataset(Path(tmp), PRESETS[name].data.resolution, args.heads), args.batch)
             sec_per_kimg, peak = measure(config, args.steps, args.warmup)
-            print(json.dumps({"what": "train_sec_per_kimg", "config": {"preset": name, "batch": config.schedule.batch,
-                              "batch_gpu": config.schedule.batch_gpu, "steps": args.steps},
-                              "device": device_name, "value": round(sec_per_kimg, 2), "unit": "s/kimg",
-                              "peak_memory_gb": round(peak, 3), "torch": torch.__version__}), flush=True)
+            run = {"preset": name, "batch": config.schedule.batch, "batch_gpu": config.schedule.batch_gpu,
+                   "steps": args.steps, "torch": torch.__version__}
+            emit("train_sec_per_kimg", run, device_name, sec_per_kimg, "s/kimg")
+            emit("train_peak_memory", run, device_name, peak, "GB")
 
 
 if __name__ == "__main__":

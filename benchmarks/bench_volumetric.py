@@ -15,19 +15,16 @@ batch size. On CUDA the generator runs as configured (float32, SR blocks in floa
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cpu_name, emit, time_ms  # noqa: E402
 from training.cameras import lookat_labels  # noqa: E402
 from training.networks.volumetric_head import VolumetricHeadConfig, VolumetricHeadGenerator  # noqa: E402
 from training.rendering.volume import RenderOptions  # noqa: E402
@@ -50,24 +47,8 @@ def _cameras(batch: int, device: str) -> torch.Tensor:
     return lookat_labels(math.pi / 2 + yaw, math.pi / 2 - pitch, pivot=(0.0, 0.0, 0.0)).to(device)
 
 
-def _time(fn, device: str, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
-def _emit(what: str, config: dict, device_name: str, value: float, unit: str) -> None:
-    print(json.dumps({"what": what, "config": config, "device": device_name, "value": round(value, 3), "unit": unit}),
-          flush=True)
 
 
 def measure(name: str, device: str, batch: int, repeats: int, device_name: str) -> None:
@@ -89,14 +70,14 @@ def measure(name: str, device: str, batch: int, repeats: int, device_name: str) 
         sum(v.mean() for v in out.values()).backward()
         G.zero_grad(set_to_none=True)
 
-    _emit("G_forward_per_image", config, device_name, _time(inference, device, repeats) / batch, "ms")
+    emit("G_forward_per_image", config, device_name, time_ms(inference, device, repeats) / batch, "ms")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    _emit("G_forward_backward_per_image", config, device_name, _time(train_step, device, repeats) / batch, "ms")
+    emit("G_forward_backward_per_image", config, device_name, time_ms(train_step, device, repeats) / batch, "ms")
     if device == "cuda":
-        _emit("peak_gpu_memory", config, device_name, torch.cuda.max_memory_allocated() / 2**20, "MiB")
+        emit("peak_gpu_memory", config, device_name, torch.cuda.max_memory_allocated() / 2**20, "MiB")
     else:
-        _emit("peak_rss_so_far", config, device_name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")
+        emit("peak_rss_so_far", config, device_name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")
 
 
 def main() -> None:
@@ -109,7 +90,7 @@ def main() -> None:
     names = list(CONFIGS) if args.config == "all" else [args.config]
     devices = []
     if args.device in ("cpu", "all"):
-        devices.append(("cpu", f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"))
+        devices.append(("cpu", cpu_name()))
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(("cuda", torch.cuda.get_device_name()))
     for device, device_name in devices:
