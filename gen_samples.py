@@ -66,20 +66,21 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def render_seed(G: torch.nn.Module, family: str, z: torch.Tensor, c_cond: torch.Tensor, labels: torch.Tensor,
-                psi: float, cutoff: int | None, kwargs: dict) -> tuple[torch.Tensor, list[dict]]:
-    """ws [1, num_ws, w_dim] of latent z [1, z_dim] conditioned on c_cond [1, 25], and the output dict of each
-    rendering camera in ``labels`` [V, 25] (one generated head, only the camera moves)."""
+                psi: float, cutoff: int | None, kwargs: dict) -> tuple[torch.Tensor, object, list[dict]]:
+    """ws [1, num_ws, w_dim] of latent z [1, z_dim] conditioned on c_cond [1, 25], the generated Gaussians
+    (GeneratedHeads; None for volumetric heads) and the output dict of each rendering camera in ``labels`` [V, 25]
+    (one generated head, only the camera moves)."""
     ws = G.mapping(z, c_cond, truncation_psi=psi, truncation_cutoff=cutoff)
     outputs = []
     if family == "gaussian":
         heads = G.generate(ws, sample_resolution=kwargs["sample_resolution"], noise_mode="const")
         for label in labels:
-            outputs.append(G.render(heads, label[None], render_resolution=kwargs["render_resolution"]) | {"heads": heads})
-        return ws, outputs
+            outputs.append(G.render(heads, label[None], render_resolution=kwargs["render_resolution"]))
+        return ws, heads, outputs
     for label in labels:
         offset = G.camera_offset(z, label[None], truncation_psi=psi, truncation_cutoff=cutoff)
         outputs.append(G.synthesis(ws, label[None], camera_offset=offset, noise_mode="const", **kwargs))
-    return ws, outputs
+    return ws, None, outputs
 
 
 def save_view(out: dict, prefix: Path, depth: bool, mask: bool) -> None:
@@ -147,13 +148,13 @@ def generate(network: str, seeds: str, trunc: float, trunc_cutoff: int | None, o
     grid_rows = []
     for s in tqdm(seed_list, desc="seeds", unit="seed"):
         z = torch.from_numpy(np.random.RandomState(s).randn(1, G.z_dim)).to(device=device, dtype=torch.float32)
-        ws, outputs = render_seed(G, config.family, z, c_cond, labels, trunc, trunc_cutoff, kwargs)
+        ws, heads, outputs = render_seed(G, config.family, z, c_cond, labels, trunc, trunc_cutoff, kwargs)
         for v, out in enumerate(outputs):
             save_view(out, out_dir / f"seed{s:04d}-view{v:02d}", depth, mask)
         grid_rows.append(torch.cat([out["image"][0] for out in outputs], dim=2))
         if shapes_flag:
             formats = ("ply", "obj") if mesh_format == "both" else (mesh_format,)
-            save_shapes(G, config.family, ws, outputs[0].get("heads"), out_dir / f"seed{s:04d}", shape_res,
+            save_shapes(G, config.family, ws, heads, out_dir / f"seed{s:04d}", shape_res,
                         shape_level, formats)
     PIL.Image.fromarray(to_uint8(torch.cat(grid_rows, dim=1))).save(out_dir / "grid.png")
 

@@ -169,8 +169,9 @@ def marching_cubes_mesh(volume: np.ndarray, level: float, box_size: float) -> tu
     if not lo < level < hi:
         raise UserError(f"--shape-level {level}: no surface, the density ranges over [{lo:.4g}, {hi:.4g}]")
     voxel = box_size / volume.shape[0]
+    # With density growing inward, skimage's 'ascent' winds triangles counter-clockwise seen from outside.
     vertices, faces, _, _ = marching_cubes(np.asarray(volume, dtype=np.float32), level=level,
-                                           spacing=(voxel, voxel, voxel), gradient_direction="descent")
+                                           spacing=(voxel, voxel, voxel), gradient_direction="ascent")
     return vertices + grid_axis(volume.shape[0], box_size)[0], faces.astype(np.int64)
 
 
