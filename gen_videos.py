@@ -138,7 +138,8 @@ def keyframe_weights(num_frames: int, num_keyframes: int) -> Tensor:
     basis = torch.stack([(-u**3 + 2 * u**2 - u) / 2, (3 * u**3 - 5 * u**2 + 2) / 2,
                          (-3 * u**3 + 4 * u**2 + u) / 2, (u**3 - u**2) / 2], dim=1)  # [F, 4]
     index = (i.long()[:, None] + torch.arange(-1, 3)) % num_keyframes  # [F, 4]
-    return torch.zeros(num_frames, num_keyframes, dtype=torch.float64).scatter_add_(1, index, basis)
+    weights = torch.zeros(num_frames, num_keyframes, dtype=torch.float64).scatter_add_(1, index, basis)
+    return weights / weights.sum(dim=1, keepdim=True)  # exact ones for K = 1 despite rounding
 
 
 # ---------------------------------------------------------------------------------------------------------------------
