@@ -297,6 +297,7 @@ class VideoOptions:
 
     @property
     def num_frames(self) -> int:
+        """Frames per video (``frames``, or 120 per keyframe)."""
         return _FRAMES_PER_KEYFRAME * self.keyframes if self.frames is None else self.frames
 
 
@@ -379,7 +380,7 @@ def _frame_count(frames: int | None, seconds: float | None, fps: float) -> int |
 
 @click.command(context_settings=dict(max_content_width=120))
 @click.option("--network", required=True, help="network-snapshot-*.safetensors, or a run directory (its newest).")
-@click.option("--seeds", default="0", show_default=True, help="Seeds, e.g. '0-7,12' (used in groups, see above).")
+@click.option("--seeds", default="0", show_default=True, help="Seeds, e.g. '0-7,12'.")
 @click.option("--grid", default="1x1", show_default=True, help="Heads per video as COLUMNSxROWS.")
 @click.option("--keyframes", default=1, show_default=True, type=click.IntRange(min=1),
               help="Seeds per grid cell, interpolated in w space (1: fixed heads).")
@@ -391,18 +392,31 @@ def _frame_count(frames: int | None, seconds: float | None, fps: float) -> int |
 @click.option("--trunc-cutoff", "truncation_cutoff", type=click.IntRange(min=0),
               help="Truncate only the first N ws.  [default: all]")
 @click.option("--channels", default="image", show_default=True, help=f"Comma-separated subset of {','.join(CHANNELS)}.")
-@click.option("--fps", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--fps", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Frames per second.")
 @click.option("--frames", type=click.IntRange(min=1), help="Frames per video.  [default: 120 per keyframe]")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="Video length instead of --frames.")
-@click.option("--crf", default=18, show_default=True, type=click.IntRange(0, 51), help="libx264 quality (0: lossless).")
+@click.option("--crf", default=18, show_default=True, type=click.IntRange(0, 51),
+              help="libx264 constant rate factor (lower: better).")
 @click.option("--outdir", type=click.Path(file_okay=False), help="Folder for the videos (named by camera and seeds).")
 @click.option("--output", type=click.Path(dir_okay=False), help="The .mp4 file, when the seeds make one video.")
 @click.option("--frames-dir", type=click.Path(file_okay=False), help="Also write every frame as PNG here.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Global random seed (the heads come from --seeds; rendering is deterministic).")
-@click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True)
+@click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True,
+              help="Torch device, e.g. cpu, cuda, cuda:1.")
 def main(**o) -> None:
-    """Render orbit, 360° and latent-interpolation videos of a trained head GAN (see the module docstring)."""
+    """Render orbit, 360° and latent-interpolation videos (mp4) of a trained head GAN.
+
+    Seeds are used in groups of COLUMNS·ROWS·KEYFRAMES, one video per group: keyframe k of grid cell j is seed
+    number k·COLUMNS·ROWS + j of the group. The heads are mapped with the conditioning camera --pose-cond and only the
+    rendering camera moves, unless --entangle.
+
+    \b
+    python gen_videos.py --network=RUN --seeds=0-3 --outdir=videos
+    python gen_videos.py --network=RUN --seeds=0 --camera=360 --channels=image,depth,mask --output=turn.mp4
+    python gen_videos.py --network=RUN --seeds=0-15 --grid=2x2 --keyframes=4 --camera=front --output=interp.mp4
+    """
     try:
         torch.manual_seed(o["seed"])
         pivot = None if o["pivot"] is None else parse_floats(o["pivot"], 3, "--pivot")

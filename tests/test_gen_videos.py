@@ -93,8 +93,8 @@ def test_orbit_video_frames_match_direct_renders(snapshots, generators, tmp_path
         expected = np.concatenate([_uint8(ref["image"]), _uint8(nearness.expand(-1, 3, -1, -1) * 2 - 1),
                                    _uint8(ref["image_mask"].expand(-1, 3, -1, -1) * 2 - 1)], axis=1)
         assert np.abs(png - expected).max() <= 1  # +-1: rounding of x * 127.5 + 128 vs (x + 1) * 127.5
-        # H.264 in yuv420p (chroma at half resolution) at crf 18: small mean error on these tiny, busy frames
-        assert np.abs(frames[f].astype(np.int32) - png).mean() < 6.0
+        # H.264 in yuv420p (chroma at half resolution) at crf 18: mean error ~3.4 measured on these tiny, busy frames
+        assert np.abs(frames[f].astype(np.int32) - png).mean() < 5.0
     assert np.abs(_png(tmp_path / "f" / "orbit-seed0003", 0) - _png(tmp_path / "f" / "orbit-seed0003", 3)).max() > 20
 
 
