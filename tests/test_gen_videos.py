@@ -213,7 +213,8 @@ def test_frames_are_padded_to_even_sizes():
     (("--seeds", "3-1"), "--seeds: expected non-negative integers"),
     (("--pivot", "0,0"), "--pivot: expected 3 comma-separated numbers"),
 ])
-def test_user_errors_are_one_line(snapshots, tmp_path, args, message):
+def test_user_errors_are_one_line(snapshots, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)  # relative --output names stay in tmp_path
     base = ["--network", str(snapshots["gghead-tiny"])]
     if "--output" not in args:
         base += ["--outdir", str(tmp_path)]
