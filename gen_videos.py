@@ -48,6 +48,7 @@ from training import cameras
 from training.networks.gaussian_head import GaussianHeadGenerator
 from training.presets import TrainingConfig, render_kwargs
 from training.rendering.volume import RenderOptions
+from training.views import parse_seeds
 
 CAMERA_PATHS = ("orbit", "360", "front")
 CHANNELS = ("image", "raw", "depth", "mask")
@@ -57,18 +58,6 @@ _FRAMES_PER_KEYFRAME = 120  # EG3D's w-frames: 4 s per keyframe at 30 fps
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Option parsing
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-3,7' → [0, 1, 2, 3, 7] (ranges inclusive, order kept)."""
-    seeds = []
-    for part in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
-            raise UserError(f"--seeds: expected non-negative integers and ranges like '0-7,12', got {text!r}")
-        first = int(match[1])
-        seeds += list(range(first, int(match[2] or first) + 1))
-    return seeds
 
 
 def parse_grid(text: str) -> tuple[int, int]:
