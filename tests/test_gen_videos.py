@@ -210,7 +210,7 @@ def test_frames_are_padded_to_even_sizes():
     (("--seeds", "0", "--output", "a.gif"), "--output: expected a file name ending in .mp4"),
     (("--frames", "3", "--seconds", "1"), "--frames and --seconds exclude each other"),
     (("--channels", "image,normals"), "--channels: expected a comma-separated subset"),
-    (("--seeds", "3-1"), "--seeds: expected comma-separated seeds"),
+    (("--seeds", "3-1"), "--seeds: range '3-1' ends before it starts"),
     (("--pivot", "0,0"), "--pivot: expected 3 comma-separated numbers"),
 ])
 def test_user_errors_are_one_line(snapshots, tmp_path, monkeypatch, args, message):
