@@ -25,11 +25,12 @@ from pathlib import Path
 import click
 
 from dnnlib import UserError
+from metrics.registry import METRICS, load_detectors
 from torch_utils import distributed
 from training.presets import PRESETS, TrainingConfig, get_preset
 from training.snapshot import find_latest_snapshot, load_network_snapshot
 
-KNOWN_METRICS: tuple[str, ...] = ()  # filled in as metrics land (metrics/)
+KNOWN_METRICS: tuple[str, ...] = tuple(METRICS)  # metrics.registry
 SYNTHETIC = "synthetic"
 _RUN_DIR = re.compile(r"(\d{5})-")
 
@@ -209,6 +210,7 @@ def run(options: dict) -> None:
     if options["dry_run"]:
         distributed.print0(config.to_json())
         return
+    load_detectors(config.schedule.metrics, distributed.device())  # offline without --metrics=none: fail here
     if to_build is not None:
         _build_synthetic(to_build, config, cameras, options["synthetic_count"])
     name = SYNTHETIC if to_build is not None else data_name(config.data.path)

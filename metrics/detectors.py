@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -113,7 +114,9 @@ def load_detector(kind: str, detector_path: str | os.PathLike | None = None,
         sha256 = spec.sha256 if source == spec.url else None
         file = open_url(source, sha256=sha256, local_option=f"{DETECTOR_OPTION} (the file {spec.file_name})")
         try:
-            module = torch.jit.load(file, map_location=device)
+            with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the detectors ship in
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(file, map_location=device)
         except RuntimeError as error:
             raise UserError(f"{source}: not a TorchScript detector file ({str(error).splitlines()[0]})") from None
         name = kind if source == spec.url or Path(source).name == spec.file_name else f"{kind}-{Path(source).stem}"

@@ -124,6 +124,15 @@ def _real_data(spec: MetricSpec, opts: MetricOptions) -> RealData:
                     max_items=max_real, background=tuple(config.generator.background) if matted else None)
 
 
+def load_detectors(names: list[str] | tuple[str, ...], device: torch.device,
+                   detector_path: str | None = None) -> None:
+    """Load (download once) the detectors that metrics ``names`` use, so that a missing or unreachable detector
+    fails before a long run rather than at its first snapshot."""
+    check_metric_names(names)
+    for kind in sorted({METRICS[name].detector for name in names}):
+        detectors.load_detector(kind, detector_path, device)
+
+
 def _detector(kind: str, opts: MetricOptions) -> tuple[Detector, str]:
     if opts.detectors is not None and kind in opts.detectors:
         found = opts.detectors[kind]

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from dnnlib import UserError
+from metrics.registry import MetricOptions, calc_metric, check_metric_names, load_detectors, report_metric
 from torch_utils import distributed, misc, training_stats
 from training import schedules
 from training.augment import AdaptiveP, AugmentPipe
@@ -101,9 +102,8 @@ def training_loop(config: TrainingConfig, run_dir: str, resume: str | None = Non
     ``device_type``: 'cuda' or 'cpu' (None: CUDA when available). Launch with torchrun for several processes
     (``torch_utils.distributed``)."""
     distributed.init(device_type)
-    if config.schedule.metrics:
-        raise UserError(f"schedule.metrics: no metrics are available in this version yet, got "
-                        f"{list(config.schedule.metrics)}")
+    check_metric_names(config.schedule.metrics, "schedule.metrics")
+    load_detectors(config.schedule.metrics, distributed.device())  # fail now, not at the first snapshot, if offline
     with RunLog(run_dir) as log:
         dataset = open_dataset(config)
         run = build_run(config, dataset, resume)
@@ -370,7 +370,23 @@ def end_tick(run: Run, log: RunLog, timer: TickTimer, grid: GridSetup, done: boo
         grid.save_fakes(run, log.run_dir / f"fakes{kimg:06d}.png")
     if done or progress.cur_tick % sched.snap == 0:
         save_snapshot(run, log.run_dir)
+        evaluate_metrics(run, log)
     timer.start_nimg, timer.tick_start = progress.cur_nimg, time.time()
+
+
+def evaluate_metrics(run: Run, log: RunLog) -> None:
+    """The schedule's metrics of G_ema at the snapshot just written, appended to metric-<name>.jsonl and logged
+    (``metrics.registry``; every rank takes part). The global RNG state is left as it was."""
+    network_path, _ = snapshot_paths(log.run_dir, run.progress.cur_nimg // 1000)
+    for name in run.config.schedule.metrics:
+        options = MetricOptions(G=run.G_ema, config=run.config, cur_nimg=run.progress.cur_nimg, device=run.device,
+                                workers=run.config.data.workers, seed=run.config.seed)
+        with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+            result = calc_metric(name, options)
+        if result is not None:
+            report_metric(result, log.run_dir, network_path)
+            values = " ".join(f"{key} {value:.4f}" for key, value in result.results.items())
+            log.line(f"metric {values} ({result.num_gen} generated, {result.num_real} reals, {result.total_time_str})")
 
 
 class RunLog:
