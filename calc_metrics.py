@@ -16,6 +16,7 @@ inception-2015-12-05.pt / vgg16.pt). ``--num-gen`` / ``--max-real`` override the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 import torch
@@ -54,7 +55,7 @@ def run(options: dict) -> None:
     if distributed.get_world_size() > 1:
         device = distributed.device()
     net = legacy.load_network(options["network"], device=device, which="G_ema")
-    run_dir = legacy.Path(net.path).parent
+    run_dir = Path(net.path).parent
     for name in names:
         opts = MetricOptions(G=net.G_ema, config=net.config, cur_nimg=int(net.metadata.get("cur_nimg", 0)),
                              data_path=options["data"], mask_path=options["mask_data"], device=device,

@@ -171,7 +171,7 @@ def calc_metric(name: str, opts: MetricOptions) -> EasyDict | None:
     elif spec.kind == "kid":
         results = {name: kid_from_features(reals, fakes, KID_SUBSETS, KID_SUBSET_SIZE, opts.seed)}
     else:
-        precision, recall = precision_recall(reals, fakes, PR_K)
+        precision, recall = precision_recall(reals.to(opts.device), fakes.to(opts.device), PR_K)  # O(N·M·D)
         results = {f"{name}_precision": precision, f"{name}_recall": recall}
     total = time.time() - start
     return EasyDict(metric=name, results=results, num_gen=num_gen, num_real=len(reals), detector=detector_name,
