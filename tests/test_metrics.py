@@ -301,8 +301,9 @@ def test_fid3d_and_back_views_cameras(snapshot, heads):
     labels = torch.from_numpy(np.stack([ImageFolderDataset(heads[0]).get_label(i) for i in range(10)]))
     frontal = registry.frontal_camera(labels)
     assert torch.rad2deg(label_yaw_pitch_roll(frontal.double())[0]).abs() < 1e-6
-    for c, _ in G.calls:
+    for c, c_render in G.calls:  # frontal conditioning, dataset rendering cameras
         torch.testing.assert_close(c, frontal.expand_as(c), rtol=0, atol=0)
+        assert ((c_render[:, None] - labels[None]).abs().amax(-1) == 0).any(1).all()
     G.calls.clear()
     back = registry.calc_metric("fid50k_back", _options(snapshot, G))
     yaws = torch.rad2deg(label_yaw_pitch_roll(labels.double())[:, 0]).abs()
