@@ -75,8 +75,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     out = str(tmp_path)
     assert "--trigrid-depth: GaussianHeadConfig: no field 'trigrid_depth'" in _fail(
         "--outdir", out, "--cfg", "gghead-tiny", "--data", "synthetic", "--trigrid-depth", "2")
-    assert "--metrics: unknown metric(s) ['fid50k_full']" in _fail(
-        "--outdir", out, "--cfg", "eg3d-tiny", "--data", "synthetic", "--metrics", "fid50k_full")
+    assert "--metrics: unknown metric(s) ['fid1']" in _fail(
+        "--outdir", out, "--cfg", "eg3d-tiny", "--data", "synthetic", "--metrics", "fid1")
     assert f"--data: '{tmp_path / 'nope.zip'}' does not exist" in _fail(
         "--outdir", out, "--cfg", "eg3d-tiny", "--data", str(tmp_path / "nope.zip"))
     assert "--cfg: required" in _fail("--outdir", out, "--data", "synthetic")
@@ -93,7 +93,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 
 def test_exit_status_of_the_script(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "--outdir", str(tmp_path), "--cfg", "eg3d-tiny", "--data",
-                           "synthetic", "--metrics", "fid10k", "--dry-run"], cwd=REPO, capture_output=True, text=True)
+                           "synthetic", "--metrics", "fid1", "--dry-run"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("Error: --metrics") and "Traceback" not in proc.stderr
 
