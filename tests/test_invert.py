@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -161,7 +162,8 @@ def cli_setup(tmp_path_factory) -> dict:
     network = root / "network-snapshot-000000.safetensors"
     save_network_snapshot(network, {"G": G, "G_ema": G, "D": D}, config.to_dict(), {"kimg": 0, "cur_nimg": 0})
     vgg = root / "vgg16.pt"
-    with pytest.warns(DeprecationWarning):  # TorchScript is deprecated, but vgg16.pt ships in it
+    with warnings.catch_warnings():  # TorchScript is deprecated, but vgg16.pt ships in it
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(StandInLPIPS()).save(str(vgg))
     photos = root / "photos"
     photos.mkdir()
@@ -197,6 +199,23 @@ def test_cli_end_to_end(cli_setup, tmp_path):
                                      gen_videos.inference_render_kwargs(net.config, 0))
     rerender = (image[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy().astype(int)
     assert np.abs(rerender - np.asarray(Image.open(tmp_path / "proj.png")).astype(int)).max() <= 1  # rounding
+
+
+def test_cli_panohead_photos(cli_setup, shared_fixtures, tmp_path):
+    """PanoHead's test photos (folder + dataset.json + --idx, and file + --camera-from, with their masks)."""
+    s, data = cli_setup, shared_fixtures / "panohead_testdata"
+    common = ("--network", str(s["network"]), "--steps", "2", "--pti-steps", "1", "--orbit-frames", "1",
+              "--vgg-path", str(s["vgg"]))
+    first = _run(*common, "--target", str(data / "testdata_img"), "--idx", "1", "--mask",
+                 str(data / "testdata_seg" / "000157.png"), "--outdir", str(tmp_path / "a"))
+    assert first.exit_code == 0, first.output
+    second = _run(*common, "--target", str(data / "testdata_img" / "000134.jpg"), "--camera-from",
+                  str(data / "testdata_img" / "dataset.json"), "--outdir", str(tmp_path / "b"))
+    assert second.exit_code == 0, second.output
+    labels = json.loads((data / "testdata_img" / "dataset.json").read_text())["labels"]
+    saved = np.load(tmp_path / "b" / "projected_w.npz")["c"][0]
+    expected = next(np.array(v, dtype=np.float32) for n, v in labels if n == "000134.jpg")
+    np.testing.assert_array_equal(saved, expected)  # without --optimize-camera the dataset camera is used as is
 
 
 @pytest.mark.parametrize("extra, message", [
