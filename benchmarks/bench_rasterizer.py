@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cpu_name, emit, time_ms  # noqa: E402
+from benchmarks.common import cpu_name, emit, emit_peak_memory, time_ms  # noqa: E402
 from dnnlib import UserError  # noqa: E402
 from training.rendering.gaussian_rasterizer import rasterize  # noqa: E402
 from training.rendering.gaussians import Gaussians  # noqa: E402
@@ -84,10 +83,7 @@ def measure(backend: str, device: str, resolution: int, count: int, batch: int, 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     emit("rasterize_forward_backward", config, device_name, time_ms(train_step, device, repeats), "ms")
-    if device == "cuda":
-        emit("peak_gpu_memory", config, device_name, torch.cuda.max_memory_allocated() / 2**20, "MiB")
-    else:
-        emit("peak_rss_so_far", config, device_name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")
+    emit_peak_memory(config, device, device_name)
 
 
 def main() -> None:

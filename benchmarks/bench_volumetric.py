@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cpu_name, emit, time_ms  # noqa: E402
+from benchmarks.common import cpu_name, emit, emit_peak_memory, time_ms  # noqa: E402
 from training.cameras import lookat_labels  # noqa: E402
 from training.networks.volumetric_head import VolumetricHeadConfig, VolumetricHeadGenerator  # noqa: E402
 from training.rendering.volume import RenderOptions  # noqa: E402
@@ -74,10 +73,7 @@ def measure(name: str, device: str, batch: int, repeats: int, device_name: str) 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     emit("G_forward_backward_per_image", config, device_name, time_ms(train_step, device, repeats) / batch, "ms")
-    if device == "cuda":
-        emit("peak_gpu_memory", config, device_name, torch.cuda.max_memory_allocated() / 2**20, "MiB")
-    else:
-        emit("peak_rss_so_far", config, device_name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")
+    emit_peak_memory(config, device, device_name)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -35,3 +36,11 @@ def emit(what: str, config: dict, device: str, value: float, unit: str) -> None:
 def cpu_name() -> str:
     """The CPU and torch's thread count, e.g. 'cpu: x86_64, 2 threads'."""
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def emit_peak_memory(config: dict, device: str, device_name: str) -> None:
+    """Emit the peak GPU memory since the last reset (CUDA) or the process's peak resident set so far (CPU), in MiB."""
+    if device == "cuda":
+        emit("peak_gpu_memory", config, device_name, torch.cuda.max_memory_allocated() / 2**20, "MiB")
+    else:
+        emit("peak_rss_so_far", config, device_name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB")

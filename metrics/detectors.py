@@ -97,6 +97,21 @@ def detector_source(kind: str, detector_path: str | os.PathLike | None) -> str:
     return str(path)
 
 
+def load_torchscript(source: str, local_option: str, device: torch.device | str = "cpu",
+                     sha256: str | None = None) -> torch.jit.ScriptModule:
+    """A TorchScript network from a URL (downloaded once into the dnnlib cache) or a local file, on ``device``.
+
+    ``local_option`` names the CLI option for a local copy; it appears in the error raised when the download fails.
+    """
+    file = open_url(source, sha256=sha256, local_option=local_option)
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the networks ship in
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(file, map_location=device)
+    except RuntimeError as error:
+        raise UserError(f"{source}: not a TorchScript file ({str(error).splitlines()[0]})") from None
+
+
 _LOADED: dict[tuple[str, str, str], TorchScriptDetector] = {}
 
 
@@ -112,13 +127,7 @@ def load_detector(kind: str, detector_path: str | os.PathLike | None = None,
     if key not in _LOADED:
         spec = DETECTORS[kind]
         sha256 = spec.sha256 if source == spec.url else None
-        file = open_url(source, sha256=sha256, local_option=f"{DETECTOR_OPTION} (the file {spec.file_name})")
-        try:
-            with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the detectors ship in
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(file, map_location=device)
-        except RuntimeError as error:
-            raise UserError(f"{source}: not a TorchScript detector file ({str(error).splitlines()[0]})") from None
+        module = load_torchscript(source, f"{DETECTOR_OPTION} (the file {spec.file_name})", device, sha256)
         name = kind if source == spec.url or Path(source).name == spec.file_name else f"{kind}-{Path(source).stem}"
         _LOADED[key] = TorchScriptDetector(module, name)
     return _LOADED[key]

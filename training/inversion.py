@@ -17,18 +17,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dnnlib import UserError, open_url
+from dnnlib import UserError
+from metrics.detectors import DETECTORS, load_torchscript
 from training import cameras
 from training.networks.volumetric_head import apply_camera_offset
 
-VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
 VGG_OPTION = "--vgg-path"
 _LPIPS_SIZE = 256  # the VGG16 LPIPS features are computed on at most 256² images (as StyleGAN2-ADA's projector)
 
@@ -54,16 +53,11 @@ class PerceptualDistance(torch.nn.Module):
 
 def load_vgg16(vgg_path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> PerceptualDistance:
     """NVIDIA's VGG16 TorchScript (downloaded once into the dnnlib cache, or the local file ``vgg_path``)."""
-    source = VGG16_URL if vgg_path is None else str(vgg_path)
+    url = DETECTORS["vgg16"].url
+    source = url if vgg_path is None else str(vgg_path)
     if vgg_path is not None and not os.path.isfile(source):
-        raise UserError(f"{VGG_OPTION}: '{source}' is not a file (download vgg16.pt from {VGG16_URL})")
-    file = open_url(source, local_option=f"{VGG_OPTION} (the file vgg16.pt from {VGG16_URL})")
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format the network ships in
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(file, map_location=device)
-    except RuntimeError as error:
-        raise UserError(f"{VGG_OPTION}: '{source}' is not a TorchScript file ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{VGG_OPTION}: '{source}' is not a file (download vgg16.pt from {url})")
+    module = load_torchscript(source, f"{VGG_OPTION} (the file vgg16.pt from {url})", device)
     return PerceptualDistance(module.eval())
 
 
