@@ -144,8 +144,13 @@ def test_nms_suppressed_boxes_still_suppress() -> None:
 def test_pyramid_scales_closed_form() -> None:
     # TF level sizes that ipazc produced for a 563 x 563 photo (printed from its pyramid): int(563 * scale).
     assert [int(563 * s) for s in mtcnn.pyramid_scales(563, 563)] == [337, 239, 169, 120, 85, 60, 42, 30, 21, 15]
-    for height, width, min_face, factor in [(563, 563, 20, 0.709), (360, 480, 20, 0.709), (1000, 1100, 40, 0.5),
-                                            (30, 700, 12, 0.8), (11, 50, 20, 0.709)]:
+    for height, width, min_face, factor in [
+        (563, 563, 20, 0.709),
+        (360, 480, 20, 0.709),
+        (1000, 1100, 40, 0.5),
+        (30, 700, 12, 0.8),
+        (11, 50, 20, 0.709),
+    ]:
         # ipazc: as many levels as the nearest integer to log_{1/f}(min_side / 12) - 1, from 12 / min_face down by f.
         count = max(0, round(math.log(min(height, width) / 12, 1 / factor) - 1))
         expected = [(12 / min_face) * factor**k for k in range(count)]
@@ -154,9 +159,9 @@ def test_pyramid_scales_closed_form() -> None:
 
 def test_area_resize_is_fractional_box_filter() -> None:
     image = torch.from_numpy(np.random.default_rng(3).uniform(-1, 1, (3, 11, 7)))
-    halved = mtcnn._area_resize(image[:, :10, :6], 5, 3)  # integer ratio: plain 2 x 2 block means
+    (halved,) = mtcnn._area_pyramid(image[:, :10, :6], [(5, 3)])  # integer ratio: plain 2 x 2 block means
     torch.testing.assert_close(halved, image[:, :10, :6].reshape(3, 5, 2, 3, 2).mean(dim=(2, 4)), rtol=0, atol=1e-12)
-    got = mtcnn._area_resize(image, 4, 5)
+    _, got = mtcnn._area_pyramid(image, [(6, 2), (4, 5)])
     pixels, expected = image.numpy(), np.zeros((3, 4, 5))  # brute force: integrate the piecewise-constant image
     for i in range(4):
         for j in range(5):
@@ -201,6 +206,7 @@ def _test_images(fixtures: Path) -> dict[str, np.ndarray]:
 # Produced by writing _test_images() as PNGs and running, in the TF venv,
 #   det.detect_faces(np.asarray(Image.open(png).convert("RGB")), box_format="xyxy", output_type="numpy")[:, 1:]
 # with det = mtcnn.MTCNN() and default arguments (its O-Net threshold is 0.8; ours 0.7 changes nothing here).
+# fmt: off
 REFERENCE = {
     "000134": [[131.369, 126.177, 420.025, 491.039, 0.9978095,
         190.016, 321.681, 245.25, 198.172, 316.516,
@@ -218,6 +224,7 @@ REFERENCE = {
         497.179, 732.325, 639.895, 518.178, 717.758,
         448.446, 449.028, 565.119, 695.708, 696.345]],
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))

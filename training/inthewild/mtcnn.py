@@ -7,10 +7,9 @@ Ivan de Paz Centeno, MIT throughout); that package is never imported, because it
 
 Conventions
 - Input: one uint8 HWC RGB image. The networks see (pixel - 127.5) / 128.
-- Output coordinates are ipazc's, before its integer rounding: x right, y down, in source pixels, where the landmark
-  decoding puts (0, 0) at the centre of the top-left pixel. The cascade's box arithmetic still carries the 1-based
-  offsets of the original Matlab code (P-Net cells start at 2i + 1), so boxes are about 1 px larger at the bottom right
-  than a pixel-centre reading suggests; we keep that so the figures compare with EG3D's.
+- Output coordinates are ipazc's, before its integer rounding: x right, y down, in source pixels, with (0, 0) at the
+  centre of the top-left pixel (a mirrored photo maps landmark x to W - 1 - x, on average within 0.3 px). Box
+  arithmetic follows ipazc too, including its 1-based Matlab heritage (P-Net cell i spans 2i + 1 .. 2i + 12).
 - Boxes are clamped to [0, W - 1] x [0, H - 1] like ipazc's default `fit_to_image`; landmarks are not clamped.
 - Landmark order: image-left eye, image-right eye, nose, image-left mouth corner, image-right mouth corner.
 
@@ -26,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +82,7 @@ def _assign_weights(net: nn.Module, arrays: list[np.ndarray], source: Path) -> N
     Keras layouts: conv kernel [kh, kw, in, out] -> torch [out, in, kh, kw]; dense [in, out] -> [out, in];
     PReLU alpha [1, 1, C] or [C] -> [C].
     """
-    targets: list[tuple[torch.Tensor, callable]] = []
+    targets: list[tuple[torch.Tensor, Callable[[np.ndarray], np.ndarray]]] = []
     for module in net.modules():
         if isinstance(module, nn.Conv2d):
             targets += [(module.weight, lambda a: a.transpose(3, 2, 0, 1)), (module.bias, lambda a: a)]
@@ -96,8 +96,10 @@ def _assign_weights(net: nn.Module, arrays: list[np.ndarray], source: Path) -> N
         for (param, to_torch), array in zip(targets, arrays, strict=True):
             value = torch.from_numpy(np.ascontiguousarray(to_torch(array))).to(param.dtype)
             if value.shape != param.shape:
-                raise UserError(f"MTCNN weights: {source} has an array of shape {tuple(array.shape)} where "
-                                f"{tuple(param.shape)} (torch layout) was expected. {_INSTALL_HINT}")
+                raise UserError(
+                    f"MTCNN weights: {source} has an array of shape {tuple(array.shape)} where "
+                    f"{tuple(param.shape)} (torch layout) was expected. {_INSTALL_HINT}"
+                )
             param.copy_(value)
 
 
@@ -246,21 +248,31 @@ def _apply_offsets(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 # Resampling, matching TensorFlow's kernels.
 
 
-def _area_weights(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
-    """[n_out, n_in] box-filter matrix of TF's AREA resize: output pixel i averages the input over
-    [i * s, (i + 1) * s), s = n_in / n_out, weighting each input pixel by its covered fraction."""
-    s = n_in / n_out
-    edges = torch.arange(n_out + 1, dtype=torch.float64, device=device) * s
-    pixel = torch.arange(n_in, dtype=torch.float64, device=device)
-    cover = torch.minimum(pixel[None] + 1, edges[1:, None]) - torch.maximum(pixel[None], edges[:-1, None])
-    return cover.clamp(min=0) / s
+def _running_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """float64 integral of `x` along `dim` at the pixel edges 0..n (n + 1 samples, starting at 0)."""
+    x = x.double()
+    return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), x.cumsum(dim)], dim)
 
 
-def _area_resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[3, H, W] -> [3, height, width] with TF's AREA method (not torch's 'area', whose bins are whole pixels)."""
-    rows = _area_weights(image.shape[1], height, image.device).to(image.dtype)
-    cols = _area_weights(image.shape[2], width, image.device).to(image.dtype)
-    return rows @ image @ cols.T
+def _bin_means(integral: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Means of the signal over `size` equal bins [i * s, (i + 1) * s), s = n / size, along `dim`, given its running
+    integral (n + 1 knots). The integral of a piecewise-constant signal is piecewise linear, so fractional bin edges
+    interpolate between knots: partly covered pixels count with their covered fraction (TF's AREA rule)."""
+    n = integral.shape[dim] - 1
+    edges = torch.arange(size + 1, dtype=torch.float64, device=integral.device) * (n / size)
+    knot = edges.floor().long().clamp(max=n - 1)
+    frac = (edges - knot).view([-1 if d == dim % integral.ndim else 1 for d in range(integral.ndim)])
+    low, high = integral.index_select(dim, knot), integral.index_select(dim, knot + 1)
+    at_edges = low + frac * (high - low)
+    return (at_edges.narrow(dim, 1, size) - at_edges.narrow(dim, 0, size)) * (size / n)
+
+
+def _area_pyramid(image: torch.Tensor, sizes: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
+    """Levels [3, h, w] of `image` [3, H, W] for each (h, w), resized with TF's AREA method (exact fractional box
+    filter; torch's 'area' mode differs, its bins are whole pixels). The integral along H is shared by all levels."""
+    rows = _running_sum(image, 1)
+    for height, width in sizes:
+        yield _bin_means(_running_sum(_bin_means(rows, height, 1), 2), width, 2).to(image.dtype)
 
 
 def _crop_resize(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
@@ -298,15 +310,20 @@ def _crop_resize(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.T
 
 
 class MTCNN(nn.Module):
-    """MTCNN cascade; `detect` takes one uint8 HWC RGB image. Build with `load_mtcnn` to get the MIT weights."""
+    """MTCNN cascade; `detect` takes one uint8 HWC RGB image. Build with `load_mtcnn` to get the MIT weights.
+
+    `thresholds` are the P/R/O-Net face-probability cut-offs. (0.6, 0.7, 0.7) is the original MTCNN and the mtcnn
+    version EG3D used; ipazc 1.0.0 raised its O-Net default to 0.8, which only matters for faces below 0.8.
+    """
 
     def __init__(self, min_face_size: int = 20, thresholds=(0.6, 0.7, 0.7), scale_factor: float = 0.709) -> None:
         super().__init__()
         if len(thresholds) != 3 or not all(0 <= t < 1 for t in thresholds):
             raise UserError(f"MTCNN: thresholds must be three probabilities (P, R, O-Net), got {thresholds!r}")
         if min_face_size < 1 or not 0 < scale_factor < 1:
-            raise UserError(f"MTCNN: need min_face_size >= 1 and 0 < scale_factor < 1, got {min_face_size}, "
-                            f"{scale_factor}")
+            raise UserError(
+                f"MTCNN: need min_face_size >= 1 and 0 < scale_factor < 1, got {min_face_size}, {scale_factor}"
+            )
         self.min_face_size, self.thresholds, self.scale_factor = min_face_size, tuple(thresholds), scale_factor
         self.pnet, self.rnet, self.onet = _PNet(), _RNet(), _ONet()
 
@@ -333,9 +350,10 @@ class MTCNN(nn.Module):
     def _propose(self, pixels: torch.Tensor) -> torch.Tensor:
         """P-Net over the pyramid -> square candidate boxes [N, 4], source px."""
         height, width = pixels.shape[1:]
+        scales = pyramid_scales(height, width, self.min_face_size, self.scale_factor)
+        sizes = [(int(height * s), int(width * s)) for s in scales]  # TF truncates the level size
         found = []
-        for scale in pyramid_scales(height, width, self.min_face_size, self.scale_factor):
-            level = _area_resize(pixels, int(height * scale), int(width * scale))  # TF truncates the level size
+        for scale, level in zip(scales, _area_pyramid(pixels, sizes), strict=True):
             offsets, prob = self.pnet(level[None])
             ys, xs = torch.nonzero(prob[0] > self.thresholds[0], as_tuple=True)
             # Cell (y, x) sees the 12x12 window whose (1-based) corners are 2x + 1 and 2x + 12.
