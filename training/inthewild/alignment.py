@@ -3,7 +3,8 @@
 Pixel coordinates are continuous: (0, 0) is the top-left corner of the top-left pixel, x right, y down, and pixel
 (i, j) (row i, column j) covers [j, j + 1) x [i, i + 1), its centre at (j + 0.5, i + 0.5). A photo of width W spans
 [0, W], so mirroring maps x to W - x. Landmarks are [5, 2] (x, y) in this order: image-left eye, image-right eye, nose,
-image-left mouth corner, image-right mouth corner (MTCNN's order; image-left is the subject's right).
+image-left mouth corner, image-right mouth corner (MTCNN's order; image-left is the subject's right). The reference
+MTCNN (ipazc, TF) reports pixel indices; the PanoHead calibration below read them as pixel centres (+ 0.5).
 
 Framings (docs/inthewild.md):
 
@@ -11,8 +12,8 @@ Framings (docs/inthewild.md):
   to the landmarks) gives a scale ``s_pos`` (px per BFM unit) and the image position ``t`` of the template origin; the
   crop is the axis-aligned square of side ``(7/3) s_pos`` centred on ``t`` (EG3D's 1024 window at rescale 300, centre
   700, resized to 512), with black outside the photo. EG3D's script also has sub-pixel quirks of its own that depend
-  on the photo size (a y flip by H - 1, integer window corners); they move its crop by under one source pixel and are
-  not reproduced.
+  on the photo size (a y flip by H - 1, integer window corners); they move its crop by about one source pixel and
+  are not reproduced.
 - ``eg3d`` (default): the same after levelling the roll like the FFHQ training data: the photo is rotated about
   ``eye_avg + 0.1 e2m`` so that FFHQ's quad axis ``e2e - rot90(e2m)`` (the eyes' line for a symmetric face) is
   horizontal; borders are a reflection of the photo fading into a blurred one.
@@ -22,7 +23,8 @@ Framings (docs/inthewild.md):
 
 The camera comes from ``camera_fit.fit_head_pose`` on the levelled EG3D crop (for ``eg3d-wild``, the unlevelled one).
 The 3D template is D3D's 5-point template made left-right symmetric, so that a mirrored photo gives exactly the
-mirrored crop and label; the symmetrisation moves the crop by under 0.5 px at 512.
+mirrored crop and label; at 512 the symmetrisation moves the crop centre by 0.6-0.7 px sideways and changes its side
+by up to 1.2 px (0.2 %) at 40 deg of yaw (none when frontal).
 """
 
 from __future__ import annotations

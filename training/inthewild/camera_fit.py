@@ -71,7 +71,7 @@ def fit_head_pose(points: np.ndarray, template: np.ndarray, focal: float = FFHQ_
         rotation = Rotation.from_rotvec(params[:3]).as_matrix()
         return (project_template(template, rotation, params[3:], focal) - points).ravel()
 
-    result = scipy.optimize.least_squares(residuals, np.zeros(6), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    result = scipy.optimize.least_squares(residuals, np.zeros(6), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
     return Rotation.from_rotvec(result.x[:3]).as_matrix(), result.x[3:].copy()
 
 
@@ -118,5 +118,4 @@ def yaw_pitch_roll_deg(label: np.ndarray) -> np.ndarray:
 
 def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     """Geodesic angle in degrees between two rotations [3, 3]."""
-    cos = (np.trace(a.T @ b) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+    return float(np.degrees(Rotation.from_matrix(a.T @ b).magnitude()))
