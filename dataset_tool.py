@@ -3,6 +3,7 @@
   python dataset_tool.py synthetic --dest heads.zip --count 1000 --resolution 64 --cameras ffhq --seed 0
   python dataset_tool.py convert --source photos/ --dest photos256.zip --resolution 256 --masks photo_masks/
   python dataset_tool.py info --source heads.zip --masks heads_masks.zip
+  python dataset_tool.py align --source photos/ --dest aligned.zip --framing eg3d --resolution 512
 
 Outputs use EG3D's layout (``00000/img00000000.png`` uncompressed PNGs in a zip, ``dataset.json`` =
 {"labels": [[name, [25 floats]], ...]}), so EG3D's loader and ``training.dataset.ImageFolderDataset`` read them; masks
@@ -12,6 +13,7 @@ as one line naming the file or option, without a traceback, and the exit status 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -24,6 +26,9 @@ from tqdm import tqdm
 from dnnlib import UserError
 from training import cameras
 from training.dataset import LABELS_FILE, FileArchive, match_masks, read_labels
+from training.inthewild.alignment import FRAMINGS
+from training.inthewild.mtcnn import load_mtcnn
+from training.inthewild.pipeline import align_photo, load_photo
 from training.synthetic import CAMERA_DISTRIBUTIONS, DatasetWriter, default_masks_path, write_synthetic_dataset
 
 RESIZE_FILTERS = {"lanczos": PIL.Image.LANCZOS, "box": PIL.Image.BOX, "bilinear": PIL.Image.BILINEAR}
@@ -232,6 +237,74 @@ def info(source: str, masks_src: str | None) -> None:
     labels = read_labels(src, names)
     click.echo(f"labels:      {len(labels)}")
     _print_labels(label_statistics(labels))
+
+
+def default_report_path(dest: str | os.PathLike) -> str:
+    """``aligned.zip`` -> ``aligned_report.json``."""
+    root, _ = os.path.splitext(str(dest))
+    return root + "_report.json"
+
+
+def _report_entry(name: str, archive_name: str, aligned) -> dict:
+    a = aligned.alignment
+    return {"source": name, "image": archive_name, "confidence": round(aligned.face.confidence, 4),
+            "yaw_pitch_roll_deg": [round(float(v), 3) for v in a.yaw_pitch_roll],
+            "roll_levelled_deg": round(a.roll_levelled_deg, 3), "source_to_crop": a.matrix.tolist()}
+
+
+@cli.command()
+@click.option("--source", required=True, type=click.Path(), help="Folder or .zip of photos (any sizes).")
+@click.option("--dest", required=True, type=click.Path(dir_okay=False), help="Output .zip (crops + dataset.json).")
+@click.option("--framing", default="eg3d", show_default=True, type=click.Choice(FRAMINGS),
+              help="eg3d: EG3D's FFHQ framing, roll-levelled; eg3d-wild: EG3D's in-the-wild script (no levelling, "
+                   "black borders); panohead: PanoHead's framing and look-at-origin camera.")  # fmt: skip
+@click.option("--resolution", default=512, show_default=True, type=int, callback=_power_of_two, help="Crop size.")
+@click.option("--masks", "masks_src", type=click.Path(), help="Folder or .zip of masks named like the photos.")
+@click.option("--masks-dest", type=click.Path(dir_okay=False), help="Masks .zip  [default: <dest>_masks.zip]")
+@click.option("--flip-average", is_flag=True, help="Average landmarks with those of the mirrored photo (2x time).")
+@click.option("--report", type=click.Path(dir_okay=False), help="Per-photo JSON report  [default: <dest>_report.json]")
+@click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True,
+              help="Torch device of the face detector.")  # fmt: skip
+def align(source: str, dest: str, framing: str, resolution: int, masks_src: str | None, masks_dest: str | None,
+          flip_average: bool, report: str | None, device: str) -> None:  # fmt: skip
+    """Turn photos into a camera-labelled training dataset: detect the face, crop and label it (docs/inthewild.md).
+
+    Photos without a usable face (none found, several of similar size, unreadable) are skipped; the report lists
+    each photo with its crop name, angles and source->crop matrix, or the reason it was skipped.
+    """
+    src = FileArchive(source, "--source")
+    names = _image_names(src)
+    masks = FileArchive(masks_src, "--masks") if masks_src is not None else None
+    mask_names = match_masks(masks, names, src) if masks is not None else None
+    masks_dest = (masks_dest or default_masks_path(dest)) if masks is not None else None
+    detector = load_mtcnn(device)
+    entries, skipped = [], []
+    with DatasetWriter(dest, masks_dest) as writer:
+        for i, name in enumerate(tqdm(names, unit="img", desc="align")):
+            where = src.where(name)
+            try:
+                image = load_photo(src.read_bytes(name), where)
+                mask = None
+                if masks is not None:
+                    mask = load_photo(masks.read_bytes(mask_names[i]), masks.where(mask_names[i]), "L")
+                aligned = align_photo(detector, image, where, framing, resolution, flip_average=flip_average,
+                                      mask=mask)  # fmt: skip
+            except UserError as error:
+                skipped.append({"source": name, "skipped": str(error)})
+                continue
+            archive_name = writer.add(aligned.image, aligned.alignment.label.tolist(), aligned.mask)
+            entries.append(_report_entry(name, archive_name, aligned))
+        report = report or default_report_path(dest)
+        with open(report, "w") as f:
+            json.dump({"framing": framing, "resolution": resolution, "aligned": entries, "skipped": skipped}, f,
+                      indent=1)  # fmt: skip
+        if not entries:
+            raise UserError(f"--source: none of the {len(names)} photos could be aligned (see {report}); "
+                            f"first: {skipped[0]['skipped']}")  # fmt: skip
+    click.echo(f"aligned {len(entries)} of {len(names)} photos to {dest}" + (f", masks to {masks_dest}" if masks_dest
+               else "") + f"; report {report}")  # fmt: skip
+    for entry in skipped:
+        click.echo(f"skipped {entry['source']}: {entry['skipped']}")
 
 
 if __name__ == "__main__":

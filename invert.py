@@ -3,8 +3,12 @@
   python invert.py --network=RUN --target=photo.png --camera-from=dataset.json --outdir=out --pti-steps=350
   python invert.py --network=RUN --target=images/ --idx=3 --space=wplus --outdir=out      # folder with dataset.json
   python invert.py --network=RUN --target=photo.png --yaw=20 --pitch=5 --optimize-camera --outdir=out
+  python invert.py --network=RUN --target=my_portrait.jpg --align --optimize-camera --outdir=out
 
-The target is centre-cropped to a square and resized to the model's image resolution. Its camera is the 25-float
+With ``--align`` the target is any portrait photo: the face is detected, cropped in the model's framing and given
+a camera label offline (``training/inthewild``, docs/inthewild.md); aligned.png, aligned_mask.png (with ``--mask``)
+and alignment.json (label, angles, source→crop matrix) are written to ``--outdir``. Otherwise the target is
+centre-cropped to a square and resized to the model's image resolution. Its camera is the 25-float
 label of ``dataset.json`` (``{"labels": [[name, [25 numbers]], ...]}``; the entry of the target's file name, or entry
 ``--idx`` of a folder), or a camera at ``--yaw/--pitch`` degrees on the radius-2.7 sphere around the model's pivot with
 the FFHQ focal length; ``--optimize-camera`` refines yaw, pitch and position for users with only a rough pose. An
@@ -36,7 +40,11 @@ import gen_videos
 import legacy
 from dnnlib import EasyDict, UserError
 from training import inversion
+from training.cameras import PANOHEAD_PIVOT
 from training.dataset import LABEL_DIM
+from training.inthewild.alignment import FRAMINGS
+from training.inthewild.mtcnn import load_mtcnn
+from training.inthewild.pipeline import align_photo, load_photo
 from training.snapshot import save_network_snapshot
 from training.views import view_labels
 
@@ -111,6 +119,53 @@ def resolve_target(target: str, idx: int | None, camera_from: str | None, yaw: f
     return path, _label(matches[0][1], matches[0][0], camera_from)
 
 
+@dataclasses.dataclass(frozen=True)
+class AlignOptions:
+    """``--align``: framing ('auto' = the model's: panohead for 360° runs, else eg3d), face choice, crop size."""
+
+    framing: str = "auto"
+    face_index: int | None = None
+    flip_average: bool = False
+
+
+def _read_bytes(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserError(f"{option}: cannot read '{path}' ({error})") from None
+
+
+def align_target(target: str, mask: str | None, options: AlignOptions, pivot: tuple[float, float, float],
+                 resolution: int, outdir: Path, device: torch.device | str) -> tuple[Path, torch.Tensor, Path | None]:
+    """Aligns a portrait photo; writes aligned.png (+ aligned_mask.png) and alignment.json to ``outdir``.
+
+    Returns (crop file, its camera label [1, 25], cropped mask file or None).
+    """
+    path = Path(target)
+    if not path.is_file():
+        raise UserError(f"--target: '{target}' is not an image file (--align takes one photo)")
+    framing = options.framing
+    if framing == "auto":
+        framing = "panohead" if tuple(pivot) == tuple(PANOHEAD_PIVOT) else "eg3d"
+    image = load_photo(_read_bytes(path, "--target"), str(path))
+    mask_image = None if mask is None else load_photo(_read_bytes(Path(mask), "--mask"), mask, "L")
+    aligned = align_photo(load_mtcnn(device), image, str(path), framing, resolution, options.face_index,
+                          options.flip_average, mask_image)  # fmt: skip
+    outdir.mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(aligned.image).save(outdir / "aligned.png")
+    mask_path = None
+    if aligned.mask is not None:
+        mask_path = outdir / "aligned_mask.png"
+        PIL.Image.fromarray(aligned.mask).save(mask_path)
+    a = aligned.alignment
+    record = dict(source=str(path), framing=framing, resolution=resolution, label=a.label.tolist(),
+                  yaw_pitch_roll_deg=a.yaw_pitch_roll.tolist(), roll_levelled_deg=a.roll_levelled_deg,
+                  source_to_crop=a.matrix.tolist(), landmarks_crop=a.landmarks.tolist(),
+                  confidence=aligned.face.confidence)  # fmt: skip
+    (outdir / "alignment.json").write_text(json.dumps(record, indent=1))
+    return outdir / "aligned.png", torch.tensor(a.label, dtype=torch.float32)[None], mask_path
+
+
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return gen_samples.to_uint8(image[0])
 
@@ -161,19 +216,27 @@ def invert(network: str, target: str, outdir: str, options: inversion.InversionO
            lpips: inversion.PerceptualDistance, idx: int | None = None, camera_from: str | None = None,
            yaw: float | None = None, pitch: float | None = None, mask: str | None = None,
            shapes: bool = False, fps: float = 30.0, orbit_frames: int = 60,
-           device: torch.device | str = "cpu") -> dict[str, float]:
-    """Run both stages and write the outputs (module docstring); returns the PSNRs (dB) before and after PTI."""
+           device: torch.device | str = "cpu", align: AlignOptions | None = None) -> dict[str, float]:
+    """Run both stages and write the outputs (module docstring); returns the PSNRs (dB) before and after PTI.
+
+    With ``align`` the target photo is aligned first and its estimated camera is used (no camera options allowed).
+    """
     net = legacy.load_network(network, device)
     G = net.G_ema
     family = net.config.family
     kwargs = gen_videos.inference_render_kwargs(net.config, _cur_nimg(net))
     pivot = gen_samples.default_pivot(net.config)
-    image_path, c = resolve_target(target, idx, camera_from, yaw, pitch, pivot)
     size = _output_size(G, family, kwargs)
+    out = Path(outdir)
+    if align is not None:
+        if idx is not None or camera_from is not None or yaw is not None or pitch is not None:
+            raise UserError("--align estimates the camera: drop --idx, --camera-from, --yaw and --pitch")
+        image_path, c, mask = align_target(target, mask, align, pivot, max(512, size), out, device)
+    else:
+        image_path, c = resolve_target(target, idx, camera_from, yaw, pitch, pivot)
     target_image = load_image(image_path, size).to(device)
     mask_image = None if mask is None else load_image(mask, size, "L").to(device)
     c = c.to(device)
-    out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     result = inversion.project(G, target_image, c, lpips, options, pivot, mask_image, kwargs)
     before = result.frames[-1]
@@ -207,6 +270,11 @@ def invert(network: str, target: str, outdir: str, options: inversion.InversionO
 @click.option("--lambda-mse", default=0.1, show_default=True, type=click.FloatRange(min=0), help="Weight of MSE.")
 @click.option("--locality", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of PTI's locality regulariser (0: off).")
+@click.option("--align", is_flag=True, help="Detect, crop and label the face of a portrait photo first (offline).")
+@click.option("--framing", default="auto", show_default=True, type=click.Choice(("auto",) + FRAMINGS),
+              help="--align framing; auto: panohead for 360-degree runs, else eg3d.")
+@click.option("--face-index", type=click.IntRange(min=0), help="--align: face to use, by size (0 = largest).")
+@click.option("--flip-average", is_flag=True, help="--align: average landmarks with the mirrored photo's.")
 @click.option("--optimize-camera", is_flag=True, help="Refine yaw, pitch and camera position.")
 @click.option("--vgg-path", help="Local copy of NVIDIA's vgg16.pt (offline use).  [default: download]")
 @click.option("--shapes", is_flag=True, help="Also write the shape (.ply Gaussians, or .mrc + mesh).")
@@ -228,8 +296,12 @@ def main(**o) -> None:
             optimize_camera=o["optimize_camera"], pti_steps=o["pti_steps"], pti_lr=o["pti_lr"],
             locality_weight=o["locality"], seed=o["seed"])
         lpips = inversion.load_vgg16(o["vgg_path"], o["device"])
+        align = AlignOptions(o["framing"], o["face_index"], o["flip_average"]) if o["align"] else None
+        if not o["align"] and (o["framing"] != "auto" or o["face_index"] is not None or o["flip_average"]):
+            raise UserError("--framing, --face-index and --flip-average need --align")
         psnrs = invert(o["network"], o["target"], o["outdir"], options, lpips, o["idx"], o["camera_from"], o["yaw"],
-                       o["pitch"], o["mask"], o["shapes"], orbit_frames=o["orbit_frames"], device=o["device"])
+                       o["pitch"], o["mask"], o["shapes"], orbit_frames=o["orbit_frames"], device=o["device"],
+                       align=align)
     except UserError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"PSNR {psnrs['psnr_w']:.2f} dB after the {o['space']} optimisation, "

@@ -250,6 +250,37 @@ def test_cli_panohead_photos(cli_setup, shared_fixtures, tmp_path):
     np.testing.assert_array_equal(saved, expected)  # without --optimize-camera the dataset camera is used as is
 
 
+def test_cli_align_photo(cli_setup, shared_fixtures, tmp_path):
+    """--align: the photo is cropped and labelled offline, the estimate is the camera used (no --optimize-camera),
+    and it is within 10 deg of PanoHead's label for the photo."""
+    s, data = cli_setup, shared_fixtures / "panohead_testdata"
+    result = _run("--network", str(s["network"]), "--target", str(data / "testdata_img" / "000157.jpg"), "--align",
+                  "--mask", str(data / "testdata_seg" / "000157.png"), "--outdir", str(tmp_path), "--steps", "2",
+                  "--pti-steps", "1", "--orbit-frames", "1", "--vgg-path", str(s["vgg"]))
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "alignment.json").read_text())
+    assert record["framing"] == "panohead"  # panohead-tiny trains on 360-degree cameras
+    assert np.asarray(Image.open(tmp_path / "aligned.png")).shape == (512, 512, 3)
+    assert np.asarray(Image.open(tmp_path / "aligned_mask.png")).shape == (512, 512)
+    saved = np.load(tmp_path / "projected_w.npz")["c"][0]
+    np.testing.assert_array_equal(saved, np.float32(record["label"]))
+    labels = dict(json.loads((data / "testdata_img" / "dataset.json").read_text())["labels"])
+    expected = np.array([float(v) for v in labels["000157.jpg"]]).reshape(-1)[:16].reshape(4, 4)[:3, :3]
+    got = saved[:16].reshape(4, 4)[:3, :3].astype(np.float64)
+    assert np.degrees(np.arccos(np.clip((np.trace(expected.T @ got) - 1) / 2, -1, 1))) < 10.0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--align", "--yaw", "1", "--pitch", "2"), "--align estimates the camera"),
+    (("--framing", "eg3d"), "need --align"),
+])
+def test_cli_align_option_errors(cli_setup, tmp_path, extra, message):
+    s = cli_setup
+    result = _run("--network", str(s["network"]), "--target", str(s["photos"] / "face.png"), "--outdir",
+                  str(tmp_path), "--steps", "1", "--vgg-path", str(s["vgg"]), *extra)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("extra, message", [
     ((), "no camera"),
     (("--yaw", "10"), "--yaw and --pitch go together"),
