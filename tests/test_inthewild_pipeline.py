@@ -102,6 +102,18 @@ def test_fixture_cameras_match_panohead_labels(shared_fixtures, detector, framin
         assert np.abs(angles[0] - angles[1]).max() < 5.4, (name, angles)
 
 
+def test_flip_averaging_makes_mirrored_photos_exactly_consistent(shared_fixtures, detector):
+    """With --flip-average both a photo and its mirror average the same two landmark sets, so the mirrored photo's
+    label is mirror_label of the photo's (here within 1e-5) and its crop is the mirrored crop."""
+    image, _ = _photo_and_label(shared_fixtures, PHOTOS[1])
+    aligned = align_photo(detector, image, "p", "eg3d", 64, flip_average=True)
+    flipped = align_photo(detector, np.ascontiguousarray(image[:, ::-1]), "p", "eg3d", 64, flip_average=True)
+    expected = cameras.mirror_label(torch.from_numpy(aligned.alignment.label)).numpy()
+    np.testing.assert_allclose(flipped.alignment.label, expected, atol=1e-5)
+    difference = np.abs(flipped.image.astype(int) - aligned.image[:, ::-1].astype(int))
+    assert np.median(difference) <= 1 and difference.mean() < 2
+
+
 def test_fixture_panohead_framing_is_near_identity(shared_fixtures, detector):
     """The photos are PanoHead crops (563 px), so PanoHead's framing of them should be the identity: the crop centre
     within 8 px at 512 and its scale within 4 % (the reference's tolerances)."""

@@ -255,6 +255,17 @@ def test_blank_image_has_no_face(detector: mtcnn.MTCNN) -> None:
     assert detector.detect(np.zeros((8, 8, 3), dtype=np.uint8)) == []  # smaller than one P-Net window
 
 
+def test_large_min_face_size_skips_levels_smaller_than_pnet(detector: mtcnn.MTCNN) -> None:
+    """With min_face_size 60 on a 1024 px image the level count (which ignores 12 / min_face_size, as ipazc's does)
+    reaches levels below P-Net's 12 px window; they are skipped instead of failing inside the convolution."""
+    scales = mtcnn.pyramid_scales(1024, 1024, 60)
+    assert int(1024 * scales[-1]) < 12  # the case exists
+    fast = mtcnn.MTCNN(min_face_size=60)
+    fast.load_state_dict(detector.state_dict())
+    image = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    assert isinstance(fast.detect(image), list)
+
+
 def test_bad_input_names_the_argument(detector: mtcnn.MTCNN) -> None:
     for bad in (np.zeros((20, 20, 3), np.float32), np.zeros((20, 20), np.uint8), np.zeros((20, 20, 4), np.uint8)):
         with pytest.raises(UserError, match="'image'"):

@@ -351,7 +351,10 @@ class MTCNN(nn.Module):
         """P-Net over the pyramid -> square candidate boxes [N, 4], source px."""
         height, width = pixels.shape[1:]
         scales = pyramid_scales(height, width, self.min_face_size, self.scale_factor)
-        sizes = [(int(height * s), int(width * s)) for s in scales]  # TF truncates the level size
+        # TF truncates the level size. The level count ignores 12 / min_face_size (as ipazc's does), so with a larger
+        # min_face_size the last levels can be smaller than P-Net's 12x12 window: they cannot hold a face; skip them.
+        scales = [s for s in scales if min(int(height * s), int(width * s)) >= 12]
+        sizes = [(int(height * s), int(width * s)) for s in scales]
         found = []
         for scale, level in zip(scales, _area_pyramid(pixels, sizes), strict=True):
             offsets, prob = self.pnet(level[None])
