@@ -6,8 +6,9 @@
   python invert.py --network=RUN --target=my_portrait.jpg --align --optimize-camera --outdir=out
 
 With ``--align`` the target is any portrait photo: the face is detected, cropped in the model's framing and given
-a camera label offline (``training/inthewild``, docs/inthewild.md); aligned.png, aligned_mask.png (with ``--mask``)
-and alignment.json (label, angles, source→crop matrix) are written to ``--outdir``. Otherwise the target is
+a camera label offline (``training/inthewild``, docs/inthewild.md); aligned.png, aligned_mask.png (with ``--mask``),
+alignment.json (label, angles, source→crop matrix) and proj_in_photo.png (the reconstruction pasted back into the
+photo) are written to ``--outdir``. Otherwise the target is
 centre-cropped to a square and resized to the model's image resolution. Its camera is the 25-float
 label of ``dataset.json`` (``{"labels": [[name, [25 numbers]], ...]}``; the entry of the target's file name, or entry
 ``--idx`` of a folder), or a camera at ``--yaw/--pitch`` degrees on the radius-2.7 sphere around the model's pivot with
@@ -42,7 +43,7 @@ from dnnlib import EasyDict, UserError
 from training import inversion
 from training.cameras import PANOHEAD_PIVOT
 from training.dataset import LABEL_DIM
-from training.inthewild.alignment import FRAMINGS
+from training.inthewild.alignment import FRAMINGS, paste_back
 from training.inthewild.mtcnn import load_mtcnn
 from training.inthewild.pipeline import align_photo, load_photo
 from training.snapshot import save_network_snapshot
@@ -166,6 +167,15 @@ def align_target(target: str, mask: str | None, options: AlignOptions, pivot: tu
     return outdir / "aligned.png", torch.tensor(a.label, dtype=torch.float32)[None], mask_path
 
 
+def paste_into_photo(photo: str, outdir: Path) -> None:
+    """proj_in_photo.png: the final reconstruction (proj.png) put back into the photo that ``--align`` cropped."""
+    record = json.loads((outdir / "alignment.json").read_text())
+    image = load_photo(_read_bytes(Path(photo), "--target"), photo)
+    reconstruction = np.asarray(PIL.Image.open(outdir / "proj.png").convert("RGB"))
+    pasted = paste_back(image, reconstruction, np.array(record["source_to_crop"]), record["resolution"])
+    PIL.Image.fromarray(pasted).save(outdir / "proj_in_photo.png")
+
+
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return gen_samples.to_uint8(image[0])
 
@@ -244,6 +254,8 @@ def invert(network: str, target: str, outdir: str, options: inversion.InversionO
     after = tuned[-1] if tuned else before
     save_outputs(net, G, result, dict(target=target_image, before=before, final=after), options, out)
     write_videos(G, target_image, result.frames + tuned, result, kwargs, pivot, out, fps, orbit_frames)
+    if align is not None:
+        paste_into_photo(target, out)
     if shapes:
         heads = G.generate(result.ws, sample_resolution=kwargs["sample_resolution"], noise_mode="const") \
             if family == "gaussian" else None

@@ -351,3 +351,25 @@ def test_black_and_blurred_borders():
     assert mask.shape == (resolution, resolution)
     np.testing.assert_array_equal(mask, blur[..., 0])
     assert al.warp_image(image[..., :1], matrix, resolution, "black").shape == (resolution, resolution, 1)
+
+
+def test_paste_back_restores_the_photo_where_the_crop_came_from():
+    """A crop cut by a rotation + scale and pasted back gives the photo again: exactly outside the crop, within
+    interpolation error inside it (a smooth photo, upsampled 2x into the crop), at the crop's size or half of it."""
+    height, width, resolution = 90, 120, 128
+    ys, xs = np.mgrid[0:height, 0:width]
+    photo = np.stack([80 + xs, 60 + 1.5 * ys, 200 - xs // 2], axis=-1).astype(np.uint8)
+    angle = math.radians(20.0)
+    linear = 2.0 * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    matrix = np.hstack([linear, np.array([[64.0], [64.0]]) - linear @ [[60.0], [45.0]]])  # crop centred on (60, 45)
+    crop = al.warp_image(photo, matrix, resolution, "black")
+    inside = al.apply_affine(matrix, np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], 1)).reshape(height, width, 2)
+    depth = np.minimum(inside, resolution - inside).min(axis=-1) / resolution  # distance to the crop edge, in sides
+    for size in (resolution, resolution // 2):
+        small = np.asarray(torch.nn.functional.interpolate(torch.from_numpy(crop).permute(2, 0, 1)[None].float(),
+                                                           size=(size, size), mode="area")[0].permute(1, 2, 0))
+        pasted = al.paste_back(photo, small.round().astype(np.uint8), matrix, resolution)
+        np.testing.assert_array_equal(pasted[depth < 0], photo[depth < 0])
+        core = depth > al.PASTE_FEATHER + 0.02
+        assert core.sum() > 1000
+        assert np.abs(pasted[core].astype(int) - photo[core].astype(int)).max() <= 2

@@ -262,6 +262,9 @@ def test_cli_align_photo(cli_setup, shared_fixtures, tmp_path):
     assert record["framing"] == "panohead"  # panohead-tiny trains on 360-degree cameras
     assert np.asarray(Image.open(tmp_path / "aligned.png")).shape == (512, 512, 3)
     assert np.asarray(Image.open(tmp_path / "aligned_mask.png")).shape == (512, 512)
+    photo = np.asarray(Image.open(data / "testdata_img" / "000157.jpg").convert("RGB")).astype(int)
+    pasted = np.asarray(Image.open(tmp_path / "proj_in_photo.png")).astype(int)
+    assert pasted.shape == photo.shape and np.abs(pasted - photo)[200:360, 200:360].mean() > 20  # the face replaced
     saved = np.load(tmp_path / "projected_w.npz")["c"][0]
     np.testing.assert_array_equal(saved, np.float32(record["label"]))
     labels = dict(json.loads((data / "testdata_img" / "dataset.json").read_text())["labels"])

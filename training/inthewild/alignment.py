@@ -79,6 +79,7 @@ PANOHEAD_SHIFT = -0.0801
 WORLD_ORIGIN_IN_TEMPLATE = -np.asarray(BFM_TO_WORLD_OFFSET) / BFM_TO_WORLD_SCALE
 
 BLUR_SIGMA = 0.02  # blurred border: Gaussian sigma in units of the output size (FFHQ blurs by 2 % of its crop)
+PASTE_FEATHER = 0.05  # paste_back: width of the crop's soft edge, in units of its side
 BLUR_RAMP = 0.1  # blurred border: distance outside the photo, in units of the output size, at which it is fully blurred
 
 
@@ -276,3 +277,30 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, resolution: int, border: s
         crop = crop + weight * (_gaussian_blur(crop, BLUR_SIGMA * resolution) - crop)
     result = crop[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
     return result.reshape(resolution, resolution, *array.shape[2:])
+
+
+def paste_back(photo: np.ndarray, crop: np.ndarray, matrix: np.ndarray, resolution: int) -> np.ndarray:
+    """The photo with ``crop`` (e.g. an inversion's reconstruction of it) put back where it was cut from, fading into
+    the photo over the outer ``PASTE_FEATHER`` of the crop.
+
+    Args:
+        photo: uint8 [H, W, C] source photo.
+        crop: uint8 [S, S, C] image of the crop's frame, at any size S.
+        matrix: [2, 3] source px -> crop px of the crop at ``resolution`` (``Alignment.matrix``, ``.resolution``).
+    Returns:
+        uint8 [H, W, C].
+    """
+    photo, crop = np.asarray(photo), np.asarray(crop)
+    if photo.dtype != np.uint8 or crop.dtype != np.uint8 or photo.ndim != 3 or crop.shape[2:] != photo.shape[2:]:
+        raise UserError(f"paste_back: photo and crop must be uint8 [H, W, C] alike; got {photo.shape}, {crop.shape}")
+    height, width = photo.shape[:2]
+    xs, ys = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    inside = apply_affine(np.asarray(matrix, dtype=np.float64), np.stack([xs.ravel(), ys.ravel()], axis=1))
+    inside = inside / resolution  # [H * W, 2] position in the crop, in units of its side
+    grid = torch.from_numpy((2.0 * inside - 1.0).reshape(1, height, width, 2)).float()
+    source = torch.from_numpy(crop.astype(np.float32)).permute(2, 0, 1)[None]
+    warped = F.grid_sample(source, grid, mode="bicubic", padding_mode="border", align_corners=False)[0]
+    edge = np.minimum(inside, 1.0 - inside).min(axis=1)  # distance to the crop's nearest edge
+    weight = np.clip(edge / PASTE_FEATHER, 0.0, 1.0).reshape(height, width, 1)
+    blended = photo + weight * (warped.permute(1, 2, 0).numpy() - photo)
+    return blended.round().clip(0, 255).astype(np.uint8)
