@@ -14,7 +14,8 @@ label of ``dataset.json`` (``{"labels": [[name, [25 numbers]], ...]}``; the entr
 ``--idx`` of a folder), or a camera at ``--yaw/--pitch`` degrees on the radius-2.7 sphere around the model's pivot with
 the FFHQ focal length; ``--optimize-camera`` refines yaw, pitch and position for users with only a rough pose. An
 optional ``--mask`` (grey image, white = person) restricts the losses to the person. Stage 1 and stage 2 are described
-in ``training/inversion.py``; LPIPS uses NVIDIA's VGG16 TorchScript (downloaded once; ``--vgg-path`` offline).
+in ``training/inversion.py``; LPIPS uses NVIDIA's VGG16 TorchScript (downloaded once; ``--vgg-path`` offline;
+``--no-lpips`` inverts by the pixel MSE alone, with no VGG16 at all).
 
 Outputs in ``--outdir``: target.png, proj.png (final reconstruction), proj-w.png (before PTI), projected_w.npz (``w``
 [1, num_ws, w_dim], the camera ``c`` [1, 25] and, for self-adapting volumetric heads, ``camera_offset`` [1, 3]),
@@ -289,6 +290,7 @@ def invert(network: str, target: str, outdir: str, options: inversion.InversionO
 @click.option("--flip-average", is_flag=True, help="--align: average landmarks with the mirrored photo's.")
 @click.option("--optimize-camera", is_flag=True, help="Refine yaw, pitch and camera position.")
 @click.option("--vgg-path", help="Local copy of NVIDIA's vgg16.pt (offline use).  [default: download]")
+@click.option("--no-lpips", is_flag=True, help="Pixel MSE only, no VGG16 (offline without vgg16.pt; less detail).")
 @click.option("--shapes", is_flag=True, help="Also write the shape (.ply Gaussians, or .mrc + mesh).")
 @click.option("--orbit-frames", default=60, show_default=True, type=click.IntRange(min=1), help="Orbit video length.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
@@ -307,7 +309,9 @@ def main(**o) -> None:
             space=o["space"], steps=o["steps"], lr=o["lr"], lambda_mse=o["lambda_mse"],
             optimize_camera=o["optimize_camera"], pti_steps=o["pti_steps"], pti_lr=o["pti_lr"],
             locality_weight=o["locality"], seed=o["seed"])
-        lpips = inversion.load_vgg16(o["vgg_path"], o["device"])
+        if o["no_lpips"] and o["vgg_path"] is not None:
+            raise UserError("--no-lpips and --vgg-path exclude each other")
+        lpips = inversion.pixels_only() if o["no_lpips"] else inversion.load_vgg16(o["vgg_path"], o["device"])
         align = AlignOptions(o["framing"], o["face_index"], o["flip_average"]) if o["align"] else None
         if not o["align"] and (o["framing"] != "auto" or o["face_index"] is not None or o["flip_average"]):
             raise UserError("--framing, --face-index and --flip-average need --align")

@@ -61,6 +61,18 @@ def load_vgg16(vgg_path: str | os.PathLike | None = None, device: torch.device |
     return PerceptualDistance(module.eval())
 
 
+class _NoFeatures(torch.nn.Module):
+    """A feature network without features: every perceptual distance is 0, so only the pixel loss remains."""
+
+    def forward(self, images: Tensor, resize_images: bool = False, return_lpips: bool = True) -> Tensor:
+        return images.new_zeros(images.shape[0], 0)
+
+
+def pixels_only() -> PerceptualDistance:
+    """The perceptual term switched off (``invert.py --no-lpips``): inversion by the pixel MSE alone, no VGG16."""
+    return PerceptualDistance(_NoFeatures())
+
+
 @dataclasses.dataclass(frozen=True)
 class InversionOptions:
     """Hyper-parameters of both stages (defaults: StyleGAN2-ADA's projector for stage 1, PTI for stage 2)."""
