@@ -23,6 +23,7 @@ import torch
 
 import legacy
 from dnnlib import UserError
+from dnnlib.cli import reports_user_errors
 from metrics.registry import METRICS, MetricOptions, calc_metric, check_metric_names, report_metric
 from torch_utils import distributed
 
@@ -81,12 +82,10 @@ def run(options: dict) -> None:
 @click.option("--max-real", type=click.IntRange(min=2), help="Override the cap on real images (quick runs).")
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Generated images per batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
+@reports_user_errors
 def main(**options) -> None:
     """Compute metrics for a trained snapshot (see the module docstring)."""
-    try:
-        run(options)
-    except UserError as error:
-        raise click.ClickException(str(error)) from None
+    run(options)
 
 
 if __name__ == "__main__":

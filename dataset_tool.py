@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from dnnlib import UserError
+from dnnlib.cli import reports_user_errors
 from training import cameras
 from training.dataset import LABELS_FILE, FileArchive, match_masks, read_labels
 from training.inthewild.alignment import FRAMINGS
@@ -37,17 +38,7 @@ _ALPHA_MODES = ("RGBA", "LA", "PA")
 _YAW_BINS = 24
 
 
-class _Group(click.Group):
-    """Turns a UserError into click's one-line 'Error: ...' message and exit status 1."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            raise click.ClickException(str(e)) from None
-
-
-@click.group(cls=_Group)
+@click.group()
 def cli() -> None:
     """Build and inspect camera-labelled head datasets (EG3D zip layout, PanoHead-style masks)."""
 
@@ -67,6 +58,7 @@ def _power_of_two(ctx: click.Context, param: click.Parameter, value: int) -> int
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
 @click.option("--masks-dest", type=click.Path(dir_okay=False), help="Masks .zip  [default: <dest>_masks.zip]")
 @click.option("--supersample", default=2, show_default=True, type=click.IntRange(min=1), help="Samples² per pixel.")
+@reports_user_errors
 def synthetic(dest: str, count: int, resolution: int, camera_dist: str, seed: int, masks_dest: str | None,
               supersample: int) -> None:  # fmt: skip
     """Render the procedural synthetic heads dataset (images, camera labels, masks)."""
@@ -142,6 +134,7 @@ def _alpha_masks(source: FileArchive, names: list[str]) -> bool:
 @click.option("--masks", "masks_src", type=click.Path(), help="Folder or .zip of masks named like the images.")
 @click.option("--masks-dest", type=click.Path(dir_okay=False), help="Masks .zip  [default: <dest>_masks.zip]")
 @click.option("--resize-filter", default="lanczos", show_default=True, type=click.Choice(list(RESIZE_FILTERS)))
+@reports_user_errors
 def convert(source: str, dest: str, resolution: int, masks_src: str | None, masks_dest: str | None,
             resize_filter: str) -> None:  # fmt: skip
     """Convert images + dataset.json (+ masks) into a square dataset zip, re-keying the labels to the new names.
@@ -214,6 +207,7 @@ def _print_labels(stats: dict) -> None:
 @cli.command()
 @click.option("--source", required=True, type=click.Path(), help="Dataset folder or .zip.")
 @click.option("--masks", "masks_src", type=click.Path(), help="Folder or .zip of masks named like the images.")
+@reports_user_errors
 def info(source: str, masks_src: str | None) -> None:
     """Print counts, image sizes and modes, camera-label statistics and a yaw histogram."""
     src = FileArchive(source, "--source")
@@ -265,6 +259,7 @@ def _report_entry(name: str, archive_name: str, aligned) -> dict:
 @click.option("--report", type=click.Path(dir_okay=False), help="Per-photo JSON report  [default: <dest>_report.json]")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True,
               help="Torch device of the face detector.")  # fmt: skip
+@reports_user_errors
 def align(source: str, dest: str, framing: str, resolution: int, masks_src: str | None, masks_dest: str | None,
           flip_average: bool, report: str | None, device: str) -> None:  # fmt: skip
     """Turn photos into a camera-labelled training dataset: detect the face, crop and label it (docs/inthewild.md).

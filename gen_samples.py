@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import legacy
 from dnnlib import UserError
+from dnnlib.cli import reports_user_errors
 from training import shapes
 from training.cameras import EG3D_PIVOT, FFHQ_FOCAL, PANOHEAD_PIVOT, fov_to_focal
 from training.presets import TrainingConfig, render_kwargs
@@ -186,12 +187,10 @@ def generate(network: str, seeds: str, trunc: float, trunc_cutoff: int | None, o
               help="Volumetric: mesh file format.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of torch's RNG.")
 @click.option("--device", help="Torch device.  [default: cuda if available, else cpu]")
+@reports_user_errors
 def main(**options) -> None:
     """Generate images, depth, masks and shapes from a trained head GAN (see the module docstring)."""
-    try:
-        generate(**options)
-    except UserError as error:
-        raise click.ClickException(str(error)) from None
+    generate(**options)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 import legacy
 from dnnlib import UserError
+from dnnlib.cli import reports_user_errors
 from training import cameras
 from training.networks.gaussian_head import GaussianHeadGenerator
 from training.presets import TrainingConfig, render_kwargs
@@ -394,6 +395,7 @@ def _frame_count(frames: int | None, seconds: float | None, fps: float) -> int |
               help="Global random seed (the heads come from --seeds; rendering is deterministic).")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True,
               help="Torch device, e.g. cpu, cuda, cuda:1.")
+@reports_user_errors
 def main(**o) -> None:
     """Render orbit, 360° and latent-interpolation videos (mp4) of a trained head GAN.
 
@@ -406,20 +408,17 @@ def main(**o) -> None:
     python gen_videos.py --network=RUN --seeds=0 --camera=360 --channels=image,depth,mask --output=turn.mp4
     python gen_videos.py --network=RUN --seeds=0-15 --grid=2x2 --keyframes=4 --camera=front --output=interp.mp4
     """
-    try:
-        torch.manual_seed(o["seed"])
-        pivot = None if o["pivot"] is None else parse_floats(o["pivot"], 3, "--pivot")
-        yaw, pitch = parse_floats(o["pose_cond"], 2, "--pose-cond")
-        options = VideoOptions(
-            grid=parse_grid(o["grid"]), keyframes=o["keyframes"], camera=o["camera"], pivot=pivot,
-            pose_cond=(math.radians(yaw), math.radians(pitch)), entangle=o["entangle"],
-            truncation_psi=o["truncation_psi"], truncation_cutoff=o["truncation_cutoff"],
-            channels=parse_channels(o["channels"]), fps=o["fps"],
-            frames=_frame_count(o["frames"], o["seconds"], o["fps"]), crf=o["crf"])
-        paths = generate_videos(o["network"], parse_seeds(o["seeds"]), options, o["outdir"], o["output"],
-                                o["frames_dir"], o["device"])
-    except UserError as error:
-        raise click.ClickException(str(error)) from None
+    torch.manual_seed(o["seed"])
+    pivot = None if o["pivot"] is None else parse_floats(o["pivot"], 3, "--pivot")
+    yaw, pitch = parse_floats(o["pose_cond"], 2, "--pose-cond")
+    options = VideoOptions(
+        grid=parse_grid(o["grid"]), keyframes=o["keyframes"], camera=o["camera"], pivot=pivot,
+        pose_cond=(math.radians(yaw), math.radians(pitch)), entangle=o["entangle"],
+        truncation_psi=o["truncation_psi"], truncation_cutoff=o["truncation_cutoff"],
+        channels=parse_channels(o["channels"]), fps=o["fps"],
+        frames=_frame_count(o["frames"], o["seconds"], o["fps"]), crf=o["crf"])
+    paths = generate_videos(o["network"], parse_seeds(o["seeds"]), options, o["outdir"], o["output"],
+                            o["frames_dir"], o["device"])
     for path in paths:
         click.echo(f"wrote {path}")
 

@@ -41,6 +41,7 @@ import gen_samples
 import gen_videos
 import legacy
 from dnnlib import EasyDict, UserError
+from dnnlib.cli import reports_user_errors
 from training import inversion
 from training.cameras import PANOHEAD_PIVOT
 from training.dataset import LABEL_DIM
@@ -296,6 +297,7 @@ def invert(network: str, target: str, outdir: str, options: inversion.InversionO
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
 @click.option("--device", default="cuda" if torch.cuda.is_available() else "cpu", show_default=True,
               help="Torch device.")
+@reports_user_errors
 def main(**o) -> None:
     """Invert one image into a trained head GAN (w / w+ optimisation, then pivotal tuning); see the module docstring.
 
@@ -303,23 +305,20 @@ def main(**o) -> None:
     python invert.py --network=RUN --target=photo.png --camera-from=dataset.json --outdir=out
     python invert.py --network=RUN --target=images/ --idx=3 --space=wplus --outdir=out
     """
-    try:
-        torch.manual_seed(o["seed"])
-        options = inversion.InversionOptions(
-            space=o["space"], steps=o["steps"], lr=o["lr"], lambda_mse=o["lambda_mse"],
-            optimize_camera=o["optimize_camera"], pti_steps=o["pti_steps"], pti_lr=o["pti_lr"],
-            locality_weight=o["locality"], seed=o["seed"])
-        if o["no_lpips"] and o["vgg_path"] is not None:
-            raise UserError("--no-lpips and --vgg-path exclude each other")
-        lpips = inversion.pixels_only() if o["no_lpips"] else inversion.load_vgg16(o["vgg_path"], o["device"])
-        align = AlignOptions(o["framing"], o["face_index"], o["flip_average"]) if o["align"] else None
-        if not o["align"] and (o["framing"] != "auto" or o["face_index"] is not None or o["flip_average"]):
-            raise UserError("--framing, --face-index and --flip-average need --align")
-        psnrs = invert(o["network"], o["target"], o["outdir"], options, lpips, o["idx"], o["camera_from"], o["yaw"],
-                       o["pitch"], o["mask"], o["shapes"], orbit_frames=o["orbit_frames"], device=o["device"],
-                       align=align)
-    except UserError as error:
-        raise click.ClickException(str(error)) from None
+    torch.manual_seed(o["seed"])
+    options = inversion.InversionOptions(
+        space=o["space"], steps=o["steps"], lr=o["lr"], lambda_mse=o["lambda_mse"],
+        optimize_camera=o["optimize_camera"], pti_steps=o["pti_steps"], pti_lr=o["pti_lr"],
+        locality_weight=o["locality"], seed=o["seed"])
+    if o["no_lpips"] and o["vgg_path"] is not None:
+        raise UserError("--no-lpips and --vgg-path exclude each other")
+    lpips = inversion.pixels_only() if o["no_lpips"] else inversion.load_vgg16(o["vgg_path"], o["device"])
+    align = AlignOptions(o["framing"], o["face_index"], o["flip_average"]) if o["align"] else None
+    if not o["align"] and (o["framing"] != "auto" or o["face_index"] is not None or o["flip_average"]):
+        raise UserError("--framing, --face-index and --flip-average need --align")
+    psnrs = invert(o["network"], o["target"], o["outdir"], options, lpips, o["idx"], o["camera_from"], o["yaw"],
+                   o["pitch"], o["mask"], o["shapes"], orbit_frames=o["orbit_frames"], device=o["device"],
+                   align=align)
     click.echo(f"PSNR {psnrs['psnr_w']:.2f} dB after the {o['space']} optimisation, "
                f"{psnrs['psnr_pti']:.2f} dB after PTI; wrote {o['outdir']}")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 
 from dnnlib import UserError
+from dnnlib.cli import reports_user_errors
 from metrics.registry import METRICS, load_detectors
 from torch_utils import distributed
 from training.presets import PRESETS, TrainingConfig, get_preset
@@ -266,12 +267,10 @@ def run(options: dict) -> None:
 @click.option("--synthetic-cameras", default="auto", show_default=True, type=click.Choice(["auto", "ffhq", "360"]),
               help="Synthetic camera distribution (auto: 360 for PanoHead presets, else ffhq).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
+@reports_user_errors
 def main(**options) -> None:
     """Train a Gaussian or volumetric head GAN (see the module docstring and docs/training.md)."""
-    try:
-        run(options)
-    except UserError as error:
-        raise click.ClickException(str(error)) from None
+    run(options)
 
 
 if __name__ == "__main__":
