@@ -1,6 +1,7 @@
 """The in-the-wild pipeline (training/inthewild/pipeline.py) and ``dataset_tool.py align``: face choice rules, EXIF
-orientation, and PanoHead's two labelled photos end to end with our MTCNN — cameras against PanoHead's labels
-(3DDFA_V2, an independent estimator), flip consistency, the panohead framing against PanoHead's own crop."""
+orientation, PanoHead's two labelled photos end to end with our MTCNN — cameras against PanoHead's labels
+(3DDFA_V2, an independent estimator), flip consistency, the panohead framing against PanoHead's own crop — and
+synthetic heads rendered at known cameras (exact truth)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from training import cameras
 from training.dataset import ImageFolderDataset
 from training.inthewild.mtcnn import Face, load_mtcnn
 from training.inthewild.pipeline import align_photo, choose_face, load_photo, mirror_landmarks
+from training.synthetic import render_heads, sample_cameras
+from training.synthetic_heads import sample_heads
 
 PHOTOS = ("000134.jpg", "000157.jpg")
 
@@ -167,3 +170,25 @@ def test_dataset_tool_align_without_faces_fails(tmp_path):
                                                    "--device", "cpu"])
     assert result.exit_code == 1 and "none of the 1 photos could be aligned" in result.output
     assert "wall.png: no face found" in result.output and not (tmp_path / "a.zip").exists()
+
+
+def test_synthetic_heads_at_known_cameras(detector):
+    """End to end against exact truth: 48 synthetic heads rendered at 128 px by FFHQ-like cameras (yaw std 17 deg);
+    MTCNN, the crop and the camera fit must return their cameras. Measured: 36 of 48 detected above 0.9, rotation
+    error 6.9 deg mean (17.2 max), yaw / pitch / roll mean error 3.5 / 4.7 / 1.7 deg; the reference's estimate for
+    5-point pose with identity variation is 4.3-4.6 deg per angle (these heads differ from the template's face)."""
+    labels = sample_cameras("ffhq", 48, seed=0)
+    images, _, _ = render_heads(sample_heads(48, seed=0), labels, 128)
+    images = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    errors = []
+    for image, label in zip(images, labels.double().numpy(), strict=True):
+        try:
+            estimate = align_photo(detector, np.ascontiguousarray(image), "render", "eg3d-wild", 128).alignment.label
+        except UserError:
+            continue
+        truth_angles = np.degrees(cameras.label_yaw_pitch_roll(torch.from_numpy(label)).numpy())
+        estimate_angles = np.degrees(cameras.label_yaw_pitch_roll(torch.from_numpy(estimate)).numpy())
+        errors.append([_geodesic_deg(estimate, label), *np.abs(estimate_angles - truth_angles)])
+    errors = np.array(errors)
+    assert len(errors) >= 30
+    assert errors[:, 0].mean() < 9.0 and errors[:, 1].mean() < 5.0 and errors[:, 2].mean() < 6.5
