@@ -45,6 +45,10 @@ BY_REFERENCE = {  # EG3D's non-persistent classes: module → class names
     "training.volumetric_rendering.ray_marcher": ("MipRayMarcher2",),
 }
 _ABSENT = object()
+# EG3D's renderer.plane_axes (generate_planes): per plane the rows whose dot products with a point give its plane
+# coordinates, here xy, xz and zx (NVlabs/eg3d#67).
+EG3D_PLANE_AXES = torch.tensor([[[1.0, 0, 0], [0, 1, 0], [0, 0, 1]], [[1, 0, 0], [0, 0, 1], [0, 1, 0]],
+                                [[0, 0, 1], [1, 0, 0], [0, 1, 0]]])
 
 
 def small_generator_config(up_blocks: int = 1):
@@ -106,14 +110,15 @@ def by_reference(cls: type, state: dict) -> object:
 class EG3DWriter:
     """Emits our modules in EG3D's persistence format (see the module docstring)."""
 
-    def __init__(self, module_src: str = SAFE_SOURCE, numpy_names: str = "2.x"):
+    def __init__(self, module_src: str = SAFE_SOURCE, numpy_names: str = "2.x",
+                 plane_axes: torch.Tensor = EG3D_PLANE_AXES):
         def reconstruct(meta):  # stands for EG3D's function; only its name ends up in the pickle
             raise AssertionError("never called")
 
         def scalar(dtype, data):  # stands for numpy 1.x's numpy.core.multiarray.scalar
             raise AssertionError("never called")
 
-        self.module_src, self.numpy_names = module_src, numpy_names
+        self.module_src, self.numpy_names, self.plane_axes = module_src, numpy_names, plane_axes
         self.globals = {"torch_utils.persistence": {"_reconstruct_persistent_obj": reconstruct}}
         self.globals.update({m: {c: type(c, (), {}) for c in names} for m, names in BY_REFERENCE.items()})
         if numpy_names == "1.x":
@@ -167,7 +172,7 @@ class EG3DWriter:
                                self.module_state(torch.nn.Module(), {}))
         renderer = by_reference(self.cls("training.volumetric_rendering.renderer.ImportanceRenderer"),
                                 self.module_state(torch.nn.Module(), {"ray_marcher": marcher},
-                                                  plane_axes=torch.eye(3).repeat(3, 1, 1)))
+                                                  plane_axes=self.plane_axes))
         sampler = by_reference(self.cls("training.volumetric_rendering.ray_sampler.RaySampler"),
                                self.module_state(torch.nn.Module(), {}, ray_origins_h=None))
         modules = {"renderer": renderer, "ray_sampler": sampler, "backbone": self.emit(G.backbone),
@@ -409,6 +414,15 @@ def test_unrepresentable_settings_are_refused(tmp_path, rendering, init, named):
     path = tmp_path / "eg3d.pkl"
     write_fixture(path, rendering=rendering, init_overrides=init)
     with pytest.raises(UserError, match=named.replace("(", r"\(").replace("[", r"\[")):
+        legacy.load_network(path)
+
+
+def test_other_plane_axes_are_refused(tmp_path):
+    path = tmp_path / "fixed-axes.pkl"  # the third plane as yz instead of EG3D's zx (PanoHead's correction)
+    axes = EG3D_PLANE_AXES.clone()
+    axes[2] = torch.tensor([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    write_fixture(path, writer=EG3DWriter(plane_axes=axes))
+    with pytest.raises(UserError, match="plane_axes"):
         legacy.load_network(path)
 
 

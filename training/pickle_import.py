@@ -19,8 +19,9 @@ globals and never imports or executes anything from the file:
 
 :func:`import_eg3d_pickle` then maps EG3D's TriPlaneGenerator and DualDiscriminator onto the ``eg3d-ffhq512`` preset
 (tri-plane with EG3D's plane axes, sigmoid decoder, raw RGB = first 3 features, dual D), sets every field the pickle
-determines, and returns state dicts with our parameter names (EG3D's names, see ``training.networks``). Settings our
-networks cannot reproduce raise a UserError naming the field and its value. PanoHead and GGHead pickles are
+determines (sizes that EG3D's class fixes in code are read from the tensor shapes), checks that the renderer's
+``plane_axes`` are EG3D's, and returns state dicts with our parameter names (EG3D's names, see ``training.networks``).
+Settings our networks cannot reproduce raise a UserError naming the field and its value. PanoHead and GGHead pickles are
 recognised and refused (not supported yet).
 """
 
@@ -54,6 +55,7 @@ PERSISTENCE_VERSION = 6  # the only meta version EG3D's torch_utils.persistence 
 MODULE_NAMES = ("G", "D", "G_ema")
 _BY_REFERENCE_PREFIXES = ("training.", "torch.nn.modules.")
 _MAPPING_LR = 0.01  # learning-rate multiplier of the StyleGAN2 mapping layers (EG3D's and ours)
+_EG3D_PLANE_ROWS = (((1, 0, 0), (0, 1, 0)), ((1, 0, 0), (0, 0, 1)), ((0, 0, 1), (1, 0, 0)))  # first 2 rows per plane
 _SNAPSHOT_NAME = re.compile(r"network-snapshot-(\d+)\.pkl$")
 
 
@@ -408,6 +410,15 @@ def _check_eg3d_generator(G: PickledModule, where: str) -> None:
         raise UserError(f"{where} is a PanoHead generator (it has {sorted(panohead)}): PanoHead pickles are not "
                         f"supported yet")
     _expect(G.class_name, ("TriPlaneGenerator",), f"{where} class")
+    renderer = G.children().get("renderer")
+    axes = renderer.state.get("plane_axes") if isinstance(renderer, PickledModule) else None
+    if not isinstance(axes, torch.Tensor) or axes.shape != (3, 3, 3):
+        raise UserError(f"{where}: renderer.plane_axes is missing or not a [3, 3, 3] tensor")
+    # A point projects onto plane k at coordinates (p·row0, p·row1) of plane_axes[k]; our 'eg3d' mode reads the world
+    # axes (x, y), (x, z), (z, x), EG3D's planes (NVlabs/eg3d#67).
+    if not torch.equal(axes[:, :2], torch.tensor(_EG3D_PLANE_ROWS, dtype=axes.dtype)):
+        raise UserError(f"{where}: renderer.plane_axes = {axes.tolist()} differ from EG3D's planes (xy, xz, zx), "
+                        f"which is all this code reproduces")
 
 
 def eg3d_config(G: PickledModule, D: PickledModule | None,
