@@ -1,4 +1,5 @@
-"""EG3D network pickles: restricted unpickling, settings → TrainingConfig, weights, and the tools on a .pkl.
+"""EG3D network pickles: restricted unpickling, settings → TrainingConfig, weights, and the tools on a .pkl (PanoHead's
+pickles: test_pickle_import_panohead.py).
 
 No official pickle is available offline, so the tests write their own in EG3D's persistence format: each persistent
 module is a call ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` (meta: type 'class', version 6,
@@ -355,11 +356,7 @@ def test_foreign_globals_are_refused(tmp_path, payload, named):
     assert not flag.exists()
 
 
-def test_panohead_and_gghead_pickles_are_recognised(tmp_path):
-    path = tmp_path / "panohead.pkl"
-    write_fixture(path, d_class="MaskDualDiscriminatorV2")
-    with pytest.raises(UserError, match="PanoHead pickles are not supported"):
-        legacy.load_network(path)
+def test_gghead_pickles_are_recognised(tmp_path):
     path = tmp_path / "gghead.pkl"
     model_class = type("GGHeadModel", (), {})
     modules = {"gghead": {}, "gghead.models": {}, "gghead.models.gghead_model": {"GGHeadModel": model_class}}

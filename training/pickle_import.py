@@ -18,11 +18,16 @@ globals and never imports or executes anything from the file:
   state (NEWOBJ + BUILD). Any other global raises a UserError naming the file and the global.
 
 :func:`import_eg3d_pickle` then maps EG3D's TriPlaneGenerator and DualDiscriminator onto the ``eg3d-ffhq512`` preset
-(tri-plane with EG3D's plane axes, sigmoid decoder, raw RGB = first 3 features, dual D), sets every field the pickle
-determines (sizes that EG3D's class fixes in code are read from the tensor shapes), checks that the renderer's
-``plane_axes`` are EG3D's, and returns state dicts with our parameter names (EG3D's names, see ``training.networks``).
-Settings our networks cannot reproduce raise a UserError naming the field and its value. PanoHead and GGHead pickles are
-recognised and refused (not supported yet).
+(tri-plane with EG3D's plane axes, sigmoid decoder, raw RGB = first 3 features, dual D), and PanoHead's (same
+persistence format; its generator has ``torgb``, ``bcg_synthesis``, ``t_mapping``) TriPlaneGenerator and
+MaskDualDiscriminatorV2 onto the ``panohead`` preset (tri-grid of ``triplane_depth`` cells with PanoHead's planes xy,
+xz, yz, decoder activation, ToRGB raw image, background, camera self-adaptation, tri D). Every field the pickle
+determines is set (sizes the classes fix in code are read from the tensor shapes), the renderer's ``plane_axes`` are
+checked, and state dicts come back with our parameter names (EG3D's and PanoHead's, see ``training.networks``).
+Settings our networks cannot reproduce raise a UserError naming the field and its value; among them PanoHead's
+sigmoid decoder with a background (PanoHead shifts the composite by ``W − 1``), its zeroed generator conditioning
+(it renders from zeroed cameras) and its V1 discriminator (separate mask branch). By design our ``image_mask`` is the
+accumulated weight W itself where PanoHead returns ``1.002·W − 0.001``. GGHead pickles are recognised and refused.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ import numpy as np
 import torch
 
 from dnnlib import UserError
-from training.cameras import DEFAULT_RADIUS, EG3D_PIVOT
+from training.cameras import DEFAULT_RADIUS, EG3D_PIVOT, PANOHEAD_PIVOT
 from training.presets import DiscriminatorConfig, TrainingConfig, get_preset
+from training.rendering.trigrid import DECODER_ACTIVATIONS
 
 try:
     from numpy._core.multiarray import scalar as _numpy_scalar_constructor  # numpy >= 2
@@ -55,7 +61,12 @@ PERSISTENCE_VERSION = 6  # the only meta version EG3D's torch_utils.persistence 
 MODULE_NAMES = ("G", "D", "G_ema")
 _BY_REFERENCE_PREFIXES = ("training.", "torch.nn.modules.")
 _MAPPING_LR = 0.01  # learning-rate multiplier of the StyleGAN2 mapping layers (EG3D's and ours)
-_EG3D_PLANE_ROWS = (((1, 0, 0), (0, 1, 0)), ((1, 0, 0), (0, 0, 1)), ((0, 0, 1), (1, 0, 0)))  # first 2 rows per plane
+# renderer.plane_axes: EG3D projects onto the first 2 rows of each plane (xy, xz, zx); PanoHead onto all 3 (xy, xz, yz
+# with the remaining axis as the tri-grid depth).
+_PLANE_AXES = {False: (((1, 0, 0), (0, 1, 0)), ((1, 0, 0), (0, 0, 1)), ((0, 0, 1), (1, 0, 0))),
+               True: (((1, 0, 0), (0, 1, 0), (0, 0, 1)), ((1, 0, 0), (0, 0, 1), (0, 1, 0)),
+                      ((0, 1, 0), (0, 0, 1), (1, 0, 0)))}
+_PANOHEAD_CHILDREN = ("bcg_synthesis", "t_mapping", "torgb")
 _SNAPSHOT_NAME = re.compile(r"network-snapshot-(\d+)\.pkl$")
 
 
@@ -182,8 +193,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             if qualified not in self._stand_ins:
                 self._stand_ins[qualified] = type(name, (_ByReference,), {"qualified_name": qualified})
             return self._stand_ins[qualified]
-        raise UserError(f"'{self._path}' refers to the global '{module}.{name}', which an EG3D network pickle does "
-                        f"not contain; refusing to load it (nothing from the file is executed)")
+        raise UserError(f"'{self._path}' refers to the global '{module}.{name}', which an EG3D/PanoHead network "
+                        f"pickle does not contain; refusing to load it (nothing from the file is executed)")
 
 
 def read_network_pickle(path: str | Path) -> dict:
@@ -277,7 +288,9 @@ _RENDER_KEYS = {
     "depth_resolution_importance_default"}
 _G_KEYS = {"z_dim", "w_dim", "c_dim", "img_resolution", "img_channels", "mapping_kwargs", "rendering_kwargs",
            "sr_kwargs", "sr_num_fp16_res", "channel_base", "channel_max", "num_fp16_res", "conv_clamp",
-           "fused_modconv_default"}
+           "fused_modconv_default", "architecture"}
+_PANOHEAD_RENDER_KEYS = {"decoder_activation", "use_torgb_raw", "triplane_size", "triplane_depth", "trans_reg",
+                         "use_background"}
 _D_KEYS = {"c_dim", "img_resolution", "img_channels", "architecture", "channel_base", "channel_max", "num_fp16_res",
            "conv_clamp", "cmap_dim", "disc_c_noise", "block_kwargs", "mapping_kwargs", "epilogue_kwargs"}
 
@@ -290,18 +303,21 @@ class _Conditioning:
     scale: float
 
 
-def _render_settings(rk: dict, img_resolution: int, where: str) -> tuple[dict, dict, dict, _Conditioning, str]:
+def _render_settings(rk: dict, img_resolution: int, where: str,
+                     panohead: bool) -> tuple[dict, dict, dict, _Conditioning, str]:
     """rendering_kwargs → (RenderOptions fields, generator fields, loss fields, conditioning, SR module name)."""
-    _known_keys(rk, _RENDER_KEYS, where)
+    _known_keys(rk, _RENDER_KEYS | (_PANOHEAD_RENDER_KEYS if panohead else set()), where)
     _expect(_int(rk, "image_resolution", where, img_resolution), (img_resolution,), f"{where}.image_resolution")
     _expect(_bool(rk, "disparity_space_sampling", where), (False,), f"{where}.disparity_space_sampling")
     _expect(rk.get("clamp_mode", "softplus"), ("softplus",), f"{where}.clamp_mode")
     _expect(rk.get("reg_type", "l1"), ("l1",), f"{where}.reg_type")
     _expect(_float(rk, "avg_camera_radius", where, DEFAULT_RADIUS), (DEFAULT_RADIUS,), f"{where}.avg_camera_radius")
+    # PanoHead's --cfg=ffhq stores EG3D's pivot, which only the visualiser reads; its scripts orbit (0, 0, 0).
+    pivots = [list(EG3D_PIVOT), list(PANOHEAD_PIVOT)] if panohead else [list(EG3D_PIVOT)]
     pivot = rk.get("avg_camera_pivot", list(EG3D_PIVOT))
-    if not isinstance(pivot, list | tuple) or [float(v) for v in pivot] != list(EG3D_PIVOT):
+    if not isinstance(pivot, list | tuple) or [float(v) for v in pivot] not in pivots:
         raise UserError(f"{where}.avg_camera_pivot = {pivot!r} cannot be reproduced by this code (the tools orbit "
-                        f"EG3D's FFHQ pivot {list(EG3D_PIVOT)})")
+                        f"{'PanoHead' if panohead else 'EG3D'}'s pivot; accepted: {pivots})")
     module = rk.get("superresolution_module")
     if module not in SR_MODULES:
         raise UserError(f"{where}.superresolution_module = {module!r} is not supported (supported: "
@@ -344,8 +360,39 @@ def _shape_settings(weights: dict[str, torch.Tensor], where: str) -> dict:
                              weights["superresolution.block1.conv1.weight"].shape[0]))
 
 
-def _generator_settings(G: PickledModule, weights: dict[str, torch.Tensor],
-                        where: str) -> tuple[dict, dict, dict, _Conditioning, str]:
+def _panohead_settings(rk: dict, weights: dict[str, torch.Tensor], shapes: dict, channel_base: int,
+                       where: str) -> tuple[dict, dict]:
+    """PanoHead's additions to rendering_kwargs, checked against the tensors → (generator fields, loss fields)."""
+    if _bool(rk, "c_gen_conditioning_zero", where):
+        raise UserError(f"{where}.c_gen_conditioning_zero = True cannot be reproduced by this code (PanoHead then "
+                        f"renders from zeroed camera labels plus the self-adaptation offset)")
+    activation, background = _required(rk, "decoder_activation", where), _bool(rk, "use_background", where, False)
+    _expect(activation, DECODER_ACTIVATIONS, f"{where}.decoder_activation")
+    if background and activation == "sigmoid":
+        raise UserError(f"{where}.decoder_activation = 'sigmoid' with use_background = True cannot be reproduced by "
+                        f"this code (PanoHead composites 2F − 1 over the background, this code Σw(2f − 1))")
+    _expect(_int(rk, "triplane_size", where), (shapes["trigrid_resolution"],), f"{where}.triplane_size")
+    depth = _int(rk, "triplane_depth", where)
+    grid = weights[f"backbone.synthesis.b{shapes['trigrid_resolution']}.torgb.weight"].shape[0]
+    if depth < 1 or grid != 3 * shapes["trigrid_channels"] * depth:
+        raise UserError(f"{where}.triplane_depth = {depth} does not fit the backbone's {grid} output channels "
+                        f"(3 planes × {shapes['trigrid_channels']} features × depth)")
+    generator = dict(trigrid_depth=depth, trigrid_axes="panohead", decoder_activation=activation, background=background,
+                     raw_rgb="torgb" if _bool(rk, "use_torgb_raw", where, False) else "features",
+                     camera_adaptation=True)
+    if background:  # PanoHead's background network: half the backbone's channel base, at the SR input resolution
+        blocks = [int(m.group(1)) for k in weights if (m := re.match(r"bcg_synthesis\.b(\d+)\.", k))]
+        if not blocks:
+            raise UserError(f"{where}.use_background = True but the weights have no bcg_synthesis.b<res> blocks")
+        generator.update(background_resolution=max(blocks), background_channel_base=channel_base // 2)
+    loss = dict(camera_offset_reg=_float(rk, "trans_reg", where))
+    if not background:
+        loss["background_swap_prob"] = 0.0
+    return generator, loss
+
+
+def _generator_settings(G: PickledModule, weights: dict[str, torch.Tensor], where: str,
+                        panohead: bool) -> tuple[dict, dict, dict, _Conditioning, str]:
     """TriPlaneGenerator init_kwargs and attributes → (generator fields, render fields, loss fields, conditioning,
     SR module)."""
     kw = G.init_kwargs
@@ -357,6 +404,7 @@ def _generator_settings(G: PickledModule, weights: dict[str, torch.Tensor],
     _expect(_int(kw, "num_fp16_res", where, 4), (0,), f"{where}.num_fp16_res")  # EG3D's default is 4
     _expect(kw.get("conv_clamp", 256), (None,), f"{where}.conv_clamp")
     _expect(kw.get("fused_modconv_default", True), (True, False, "inference_only"), f"{where}.fused_modconv_default")
+    _expect(kw.get("architecture", "skip"), ("skip",), f"{where}.architecture")
     mapping = dict(kw.get("mapping_kwargs") or {})
     _known_keys(mapping, {"num_layers"}, f"{where}.mapping_kwargs")
     sr_kwargs = dict(kw.get("sr_kwargs") or {})
@@ -365,24 +413,32 @@ def _generator_settings(G: PickledModule, weights: dict[str, torch.Tensor],
     if not isinstance(rk, dict):
         raise UserError(f"{where}: the attribute rendering_kwargs is missing or not a dict")
     image_resolution = _int(kw, "img_resolution", where)
-    render, generator, loss, conditioning, module = _render_settings(rk, image_resolution, f"{where}.rendering_kwargs")
+    render, generator, loss, conditioning, module = _render_settings(rk, image_resolution, f"{where}.rendering_kwargs",
+                                                                     panohead)
     nrr = _int(G.state, "neural_rendering_resolution", where)
-    generator.update(_shape_settings(weights, where), z_dim=_int(kw, "z_dim", where), w_dim=_int(kw, "w_dim", where),
+    shapes, channel_base = _shape_settings(weights, where), _int(kw, "channel_base", where, 32768)
+    generator.update(shapes, z_dim=_int(kw, "z_dim", where), w_dim=_int(kw, "w_dim", where),
                      mapping_layers=_int(mapping, "num_layers", where, 8), image_resolution=image_resolution,
-                     channel_base=_int(kw, "channel_base", where, 32768),
-                     channel_max=_int(kw, "channel_max", where, 512),
+                     channel_base=channel_base, channel_max=_int(kw, "channel_max", where, 512),
                      sr_fp16=_int(kw, "sr_num_fp16_res", where, 0) > 0, neural_rendering_resolution=nrr)
+    if panohead:  # t_mapping is built with the mapping's kwargs, hence its depth
+        more_generator, more_loss = _panohead_settings(rk, weights, shapes, channel_base, f"{where}.rendering_kwargs")
+        generator.update(more_generator, camera_mapping_layers=generator["mapping_layers"])
+        loss.update(more_loss)
     return generator, render, loss, conditioning, module
 
 
-def _discriminator_settings(D: PickledModule, where: str) -> dict:
-    """DualDiscriminator init_kwargs → DiscriminatorConfig fields."""
-    if D.class_name.startswith("MaskDualDiscriminator"):
-        raise UserError(f"{where} is PanoHead's {D.class_name}: PanoHead pickles are not supported yet")
-    _expect(D.class_name, ("DualDiscriminator",), f"{where} class")
+def _discriminator_settings(D: PickledModule, where: str, panohead: bool) -> dict:
+    """EG3D's DualDiscriminator or PanoHead's MaskDualDiscriminatorV2 init_kwargs → DiscriminatorConfig fields.
+
+    PanoHead's V1 (MaskDualDiscriminator) is refused: it reads the mask through a separate branch summed in at 4²,
+    where V2 and our tri HeadDiscriminator stack image, raw image and 2·mask − 1 as one 7-channel input."""
+    _expect(D.class_name, ("MaskDualDiscriminatorV2",) if panohead else ("DualDiscriminator",), f"{where} class")
     kw = D.init_kwargs
-    _known_keys(kw, _D_KEYS, f"{where} init_kwargs")
+    _known_keys(kw, _D_KEYS | ({"seg_resolution", "seg_channels"} if panohead else set()), f"{where} init_kwargs")
     _expect(_int(kw, "img_channels", where, 3), (3,), f"{where}.img_channels")
+    if panohead:  # V2 never reads seg_resolution
+        _expect(_int(kw, "seg_channels", where), (1,), f"{where}.seg_channels")
     _expect(kw.get("cmap_dim"), (None,), f"{where}.cmap_dim")
     blocks, mapping, epilogue = (dict(kw.get(k) or {}) for k in ("block_kwargs", "mapping_kwargs", "epilogue_kwargs"))
     _known_keys(blocks, {"freeze_layers"}, f"{where}.block_kwargs")
@@ -393,7 +449,8 @@ def _discriminator_settings(D: PickledModule, where: str) -> dict:
     c_dim = _int(kw, "c_dim", where)
     _expect(c_dim, (25, 0), f"{where}.c_dim")
     clamp = kw.get("conv_clamp", 256)
-    return dict(inputs=("image", "image_raw"), architecture=kw.get("architecture", "resnet"),
+    inputs = ("image", "image_raw", "image_mask") if panohead else ("image", "image_raw")
+    return dict(inputs=inputs, architecture=kw.get("architecture", "resnet"),
                 channel_base=_int(kw, "channel_base", where, 32768), channel_max=_int(kw, "channel_max", where, 512),
                 num_fp16_res=_int(kw, "num_fp16_res", where, 4),
                 conv_clamp=None if clamp is None else _float(kw, "conv_clamp", where),
@@ -402,36 +459,39 @@ def _discriminator_settings(D: PickledModule, where: str) -> dict:
                 c_noise=_float(kw, "disc_c_noise", where, 0.0), filter_mode="antialiased")
 
 
-def _check_eg3d_generator(G: PickledModule, where: str) -> None:
-    """UserError for anything but EG3D's TriPlaneGenerator, naming PanoHead where its layout shows."""
-    panohead = {"bcg_synthesis", "t_mapping", "torgb"} & set(G.children()) or \
-        {"triplane_depth", "triplane_size"} & set(G.state.get("rendering_kwargs") or {})
-    if panohead:
-        raise UserError(f"{where} is a PanoHead generator (it has {sorted(panohead)}): PanoHead pickles are not "
-                        f"supported yet")
+def _is_panohead(G: PickledModule, where: str) -> bool:
+    """True for PanoHead's TriPlaneGenerator (it has torgb / bcg_synthesis / t_mapping or tri-grid settings), False
+    for EG3D's; UserError for any other class or for plane axes other than that code's."""
     _expect(G.class_name, ("TriPlaneGenerator",), f"{where} class")
+    rk = G.state.get("rendering_kwargs")
+    panohead = bool(set(_PANOHEAD_CHILDREN) & set(G.children()) or
+                    {"triplane_depth", "triplane_size"} & set(rk if isinstance(rk, dict) else ()))
     renderer = G.children().get("renderer")
     axes = renderer.state.get("plane_axes") if isinstance(renderer, PickledModule) else None
     if not isinstance(axes, torch.Tensor) or axes.shape != (3, 3, 3):
         raise UserError(f"{where}: renderer.plane_axes is missing or not a [3, 3, 3] tensor")
-    # A point projects onto plane k at coordinates (p·row0, p·row1) of plane_axes[k]; our 'eg3d' mode reads the world
-    # axes (x, y), (x, z), (z, x), EG3D's planes (NVlabs/eg3d#67).
-    if not torch.equal(axes[:, :2], torch.tensor(_EG3D_PLANE_ROWS, dtype=axes.dtype)):
-        raise UserError(f"{where}: renderer.plane_axes = {axes.tolist()} differ from EG3D's planes (xy, xz, zx), "
-                        f"which is all this code reproduces")
+    # A point projects onto plane k at coordinates (p·row0, p·row1[, p·row2]) of plane_axes[k]. Our 'eg3d' mode reads
+    # the world axes (x, y), (x, z), (z, x), EG3D's planes (NVlabs/eg3d#67); 'panohead' (x, y, z), (x, z, y), (y, z, x).
+    expected = torch.tensor(_PLANE_AXES[panohead], dtype=axes.dtype)
+    if not torch.equal(axes[:, :expected.shape[1]], expected):
+        kind = "PanoHead's planes (xy, xz, yz)" if panohead else "EG3D's planes (xy, xz, zx)"
+        raise UserError(f"{where}: renderer.plane_axes = {axes.tolist()} differ from {kind}, which is all this code "
+                        f"reproduces")
+    return panohead
 
 
-def eg3d_config(G: PickledModule, D: PickledModule | None,
-                where: str) -> tuple[TrainingConfig, _Conditioning, tuple[str, ...]]:
-    """The TrainingConfig of an EG3D generator (and discriminator, if given), the way its mapping saw camera labels,
-    and the EG3D state-dict keys our generator does not have."""
-    _check_eg3d_generator(G, f"{where} [G]")
-    preset = get_preset("eg3d-ffhq512")
-    generator, render, loss, conditioning, module = _generator_settings(G, G.state_dict(), f"{where} [G]")
+def network_config(G: PickledModule, D: PickledModule | None,
+                   where: str) -> tuple[TrainingConfig, _Conditioning, tuple[str, ...], bool]:
+    """The TrainingConfig of an EG3D or PanoHead generator (and discriminator, if given), the way its networks saw
+    camera labels, the state-dict keys of the pickled generator that ours lacks, and whether it is PanoHead's."""
+    panohead = _is_panohead(G, f"{where} [G]")
+    preset = get_preset("panohead" if panohead else "eg3d-ffhq512")
+    generator, render, loss, conditioning, module = _generator_settings(G, G.state_dict(), f"{where} [G]", panohead)
     try:
         render_options = dataclasses.replace(preset.generator.render, **render)
         gen = dataclasses.replace(preset.generator, **generator, render=render_options)
-        disc = preset.discriminator if D is None else DiscriminatorConfig(**_discriminator_settings(D, f"{where} [D]"))
+        disc = preset.discriminator if D is None else \
+            DiscriminatorConfig(**_discriminator_settings(D, f"{where} [D]", panohead))
         # A finished network renders at one resolution: the schedule holds it constant for every tool.
         schedule = dataclasses.replace(preset.schedule, neural_rendering_resolution_final=None,
                                        neural_rendering_resolution_initial=gen.neural_rendering_resolution)
@@ -440,7 +500,7 @@ def eg3d_config(G: PickledModule, D: PickledModule | None,
                                      data=dataclasses.replace(preset.data, resolution=gen.image_resolution))
     except UserError as error:
         raise UserError(f"{where}: its settings do not fit this code: {error}") from None
-    return config, conditioning, SR_MODULES[module][1]
+    return config, conditioning, SR_MODULES[module][1], panohead
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -464,9 +524,9 @@ def _fold_zero_label(weights: dict[str, torch.Tensor]) -> None:
     weights["backbone.mapping.fc0.bias"] = (bias + weight[:, z_dim:] @ embedding * (gain / _MAPPING_LR)).float()
 
 
-def eg3d_generator_weights(G: PickledModule, conditioning: _Conditioning,
-                           unused: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """The state dict of our generator for an EG3D TriPlaneGenerator (names are EG3D's; see the notes inline)."""
+def generator_weights(G: PickledModule, conditioning: _Conditioning,
+                      unused: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The state dict of our generator for an EG3D or PanoHead TriPlaneGenerator (names are theirs; notes inline)."""
     weights = dict(G.state_dict())
     # The training loop registers dataset_label_std (the dataset's label std) on G; no forward pass reads it.
     weights.pop("dataset_label_std", None)
@@ -477,16 +537,18 @@ def eg3d_generator_weights(G: PickledModule, conditioning: _Conditioning,
             _fold_zero_label(weights)
         elif conditioning.scale != 1:  # embed(c·s) = embed with weight·s applied to c
             weights["backbone.mapping.embed.weight"] = weights["backbone.mapping.embed.weight"] * conditioning.scale
+    if "t_mapping.embed.weight" in weights:  # PanoHead's offset network sees the rendering camera · c_scale
+        weights["t_mapping.embed.weight"] = weights["t_mapping.embed.weight"] * conditioning.scale
     return weights
 
 
 def import_eg3d_pickle(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], TrainingConfig, dict]:
-    """Read an EG3D network pickle without executing anything from it.
+    """Read an EG3D or PanoHead network pickle without executing anything from it.
 
     Returns ``(state_dicts, config, metadata)`` like ``training.snapshot.load_network_snapshot``: state dicts of the
     modules present among G, G_ema, D (our names; CPU tensors), the TrainingConfig that rebuilds them (from G_ema's
-    settings, else G's; D's from D), and ``{'source': 'eg3d-pickle', 'source_sha256': {module: sha256 of its
-    module_src}}`` plus ``kimg`` and ``cur_nimg`` when the file name is ``network-snapshot-<kimg>.pkl``.
+    settings, else G's; D's from D), and ``{'source': 'eg3d-pickle' or 'panohead-pickle', 'source_sha256': {module:
+    sha256 of its module_src}}`` plus ``kimg`` and ``cur_nimg`` when the file name is ``network-snapshot-<kimg>.pkl``.
     """
     path = Path(path)
     data = read_network_pickle(path)
@@ -497,15 +559,16 @@ def import_eg3d_pickle(path: str | Path) -> tuple[dict[str, dict[str, torch.Tens
     generators = [n for n in ("G_ema", "G") if n in modules]
     if not generators:
         raise UserError(f"'{path}' holds no generator (G or G_ema); found {sorted(modules)}")
-    config, conditioning, unused = eg3d_config(modules[generators[0]], modules.get("D"), f"'{path}'")
+    config, conditioning, unused, panohead = network_config(modules[generators[0]], modules.get("D"), f"'{path}'")
     state_dicts = {}
     for name, module in modules.items():
         if name == "D":
             state_dicts[name] = dict(module.state_dict())
         else:
-            _check_eg3d_generator(module, f"'{path}' [{name}]")
-            state_dicts[name] = eg3d_generator_weights(module, conditioning, unused)
-    metadata: dict = {"source": "eg3d-pickle",
+            if _is_panohead(module, f"'{path}' [{name}]") != panohead:
+                raise UserError(f"'{path}': {name} and {generators[0]} are not both EG3D or both PanoHead generators")
+            state_dicts[name] = generator_weights(module, conditioning, unused)
+    metadata: dict = {"source": "panohead-pickle" if panohead else "eg3d-pickle",
                       "source_sha256": {name: module.source_sha256 for name, module in modules.items()}}
     if match := _SNAPSHOT_NAME.search(path.name):
         metadata.update(kimg=int(match.group(1)), cur_nimg=int(match.group(1)) * 1000)
