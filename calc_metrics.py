@@ -71,7 +71,7 @@ def run(options: dict) -> None:
 
 @click.command(context_settings=dict(max_content_width=120))
 @click.option("--network", required=True,
-              help="Run directory (newest snapshot), network-snapshot-*.safetensors, or an EG3D .pkl.")
+              help="Run directory (newest snapshot), network-snapshot-*.safetensors, or an EG3D/PanoHead .pkl.")
 @click.option("--metrics", default="fid50k_full", show_default=True,
               help=f"Comma-separated metric names: {', '.join(METRICS)}.")
 @click.option("--data", help="Dataset zip or folder of the reals.  [default: the snapshot's training data]")

@@ -162,7 +162,7 @@ def generate(network: str, seeds: str, trunc: float, trunc_cutoff: int | None, o
 
 @click.command(context_settings=dict(max_content_width=120))
 @click.option("--network", required=True,
-              help="Run directory (newest snapshot), network-snapshot-*.safetensors, or an EG3D .pkl.")
+              help="Run directory (newest snapshot), network-snapshot-*.safetensors, or an EG3D/PanoHead .pkl.")
 @click.option("--seeds", required=True, help="Seeds, e.g. '0-7,12'.")
 @click.option("--trunc", default=0.7, show_default=True, type=click.FloatRange(0, 1), help="Truncation psi.")
 @click.option("--trunc-cutoff", type=click.IntRange(min=1), help="Truncate only the first N ws.  [default: all]")

@@ -370,7 +370,7 @@ def _frame_count(frames: int | None, seconds: float | None, fps: float) -> int |
 
 @click.command(context_settings=dict(max_content_width=120))
 @click.option("--network", required=True,
-              help="network-snapshot-*.safetensors, a run directory (its newest), or an EG3D .pkl.")
+              help="network-snapshot-*.safetensors, a run directory (its newest), or an EG3D/PanoHead .pkl.")
 @click.option("--seeds", default="0", show_default=True, help="Seeds, e.g. '0-7,12'.")
 @click.option("--grid", default="1x1", show_default=True, help="Heads per video as COLUMNSxROWS.")
 @click.option("--keyframes", default=1, show_default=True, type=click.IntRange(min=1),

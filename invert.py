@@ -267,7 +267,7 @@ def invert(network: str, target: str, outdir: str, options: inversion.InversionO
 
 @click.command(context_settings=dict(max_content_width=120))
 @click.option("--network", required=True,
-              help="Run directory (newest snapshot), network-snapshot-*.safetensors, or an EG3D .pkl.")
+              help="Run directory (newest snapshot), network-snapshot-*.safetensors, or an EG3D/PanoHead .pkl.")
 @click.option("--target", required=True, help="Image file, or a folder holding images and dataset.json (with --idx).")
 @click.option("--idx", type=click.IntRange(min=0), help="Entry of the folder's dataset.json to invert.")
 @click.option("--camera-from", help="dataset.json holding the target's camera label.")

@@ -1,11 +1,11 @@
 """Load trained networks: ``load_network`` is the one entry point every tool uses.
 
 It reads our ``network-snapshot-<kimg>.safetensors`` files (``training.snapshot``): the weights of G, G_ema and D and
-the run's JSON :class:`training.presets.TrainingConfig`; and EG3D network pickles (``*.pkl``: released checkpoints and
-EG3D training snapshots), whose settings ``training.pickle_import`` maps to a TrainingConfig with a restricted
-unpickler. The networks are rebuilt from the config and the weights loaded by name, strictly; nothing in either kind
-of file is executed. A discriminator saved while it was growing (Gaussian heads) is rebuilt at the resolution and
-fade state its weights show.
+the run's JSON :class:`training.presets.TrainingConfig`; and EG3D or PanoHead network pickles (``*.pkl``: released
+checkpoints and their training snapshots), whose settings ``training.pickle_import`` maps to a TrainingConfig with a
+restricted unpickler. The networks are rebuilt from the config and the weights loaded by name, strictly; nothing in
+either kind of file is executed. A discriminator saved while it was growing (Gaussian heads) is rebuilt at the
+resolution and fade state its weights show.
 """
 
 from __future__ import annotations
@@ -37,15 +37,17 @@ def latest_network_snapshot(run_dir: str | os.PathLike) -> Path:
 
 def load_network(path: str | os.PathLike, device: torch.device | str = "cpu",
                  which: str | Sequence[str] | None = None) -> EasyDict:
-    """Networks and config of a snapshot file (or of the newest snapshot in a run directory) or an EG3D pickle.
+    """Networks and config of a snapshot file (or of the newest snapshot in a run directory) or an EG3D/PanoHead
+    pickle.
 
     Args:
-        path: ``network-snapshot-<kimg>.safetensors``, a run directory, or an EG3D network pickle ``*.pkl``.
+        path: ``network-snapshot-<kimg>.safetensors``, a run directory, or an EG3D/PanoHead network pickle ``*.pkl``.
         device: where the networks go; they are returned in eval mode with ``requires_grad_(False)``.
         which: module name(s) to build, e.g. 'G_ema' (faster for tools); None builds every module in the file.
     Returns:
         EasyDict with ``G``, ``G_ema``, ``D`` (None for modules not built), ``config`` (TrainingConfig), ``metadata``
-        (progress such as kimg; for a pickle also ``source='eg3d-pickle'``) and ``path`` (the file read).
+        (progress such as kimg; for a pickle also ``source``: 'eg3d-pickle' or 'panohead-pickle') and ``path`` (the
+        file read).
     """
     path = Path(path)
     if path.is_dir():
