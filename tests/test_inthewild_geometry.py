@@ -29,6 +29,16 @@ def head_rotation_for(yaw: float, pitch: float, roll: float) -> np.ndarray:
     return D @ c2w.T
 
 
+def head_rotation(label: np.ndarray) -> np.ndarray:
+    """The head rotation R of a label: its cam2world rotation is R^T diag(1, -1, -1)."""
+    return D @ np.asarray(label, dtype=np.float64)[:16].reshape(4, 4)[:3, :3].T
+
+
+def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Geodesic angle in degrees between two rotations [3, 3]."""
+    return float(np.degrees(Rotation.from_matrix(a.T @ b).magnitude()))
+
+
 def project(points: np.ndarray, rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     """D3D's camera written out: p = R X + t, camera at z = 10 looking along -z, crop-normalised, y down."""
     p = points @ rotation.T + translation
@@ -109,7 +119,7 @@ def test_label_round_trips_and_look_at_origin_definition():
         translation = rng.uniform(-0.3, 0.3, 3)
         label = cf.eg3d_label(rotation, translation)
         c2w = label[:16].reshape(4, 4)
-        np.testing.assert_allclose(cf.head_rotation(label), rotation, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(head_rotation(label), rotation, rtol=0, atol=1e-12)
         np.testing.assert_allclose(c2w[:3, :3].T @ c2w[:3, :3], np.eye(3), rtol=0, atol=1e-12)
         assert abs(np.linalg.norm(c2w[:3, 3]) - 2.7) < 1e-12
         # PanoHead's definition: c2w = inv(diag(1, -1, -1, 1) T(0, 0, -2.7) [R 0; 0 1]).
@@ -118,7 +128,7 @@ def test_label_round_trips_and_look_at_origin_definition():
         expected = np.linalg.inv(flip @ shift @ rigid)
         panohead = cf.look_at_origin_label(rotation)
         np.testing.assert_allclose(panohead[:16].reshape(4, 4), expected, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(cf.head_rotation(panohead), rotation, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(head_rotation(panohead), rotation, rtol=0, atol=1e-12)
 
 
 # Two published FFHQ labels of EG3D's dataset: img00000000 (quoted in the Age-EG3D README) and 00023.png (quoted in
@@ -190,7 +200,7 @@ def test_head_pose_fit_is_exact_without_noise(yaw, pitch):
     rotation = head_rotation_for(yaw, pitch, 6.0)
     translation = np.array([0.12, -0.08, 0.25])
     fitted_rotation, fitted_translation = cf.fit_head_pose(project(al.TEMPLATE, rotation, translation), al.TEMPLATE)
-    assert cf.rotation_angle_deg(fitted_rotation, rotation) < 1e-6
+    assert rotation_angle_deg(fitted_rotation, rotation) < 1e-6
     np.testing.assert_allclose(fitted_translation, translation, rtol=0, atol=1e-6)
 
 
@@ -206,7 +216,7 @@ def test_pose_under_landmark_noise_monte_carlo():
         landmarks = face_landmarks(yaw, pitch, roll)
         if len(clean) < 20:
             label = al.align_landmarks(landmarks, "eg3d-wild").label
-            clean.append(cf.rotation_angle_deg(cf.head_rotation(label), head_rotation_for(yaw, pitch, roll)))
+            clean.append(rotation_angle_deg(head_rotation(label), head_rotation_for(yaw, pitch, roll)))
         iod = np.linalg.norm(landmarks[1] - landmarks[0])
         noisy = landmarks + rng.normal(0.0, 0.04 * iod, landmarks.shape)
         errors.append(np.abs(al.align_landmarks(noisy).yaw_pitch_roll[:2] - [yaw, pitch]))
@@ -251,7 +261,7 @@ def test_flame_template_rendered_by_known_labels(shared_fixtures):
             pixels = camera @ intrinsics.T
             landmarks = 512 * pixels[:, :2] / pixels[:, 2:]
             alignment = al.align_landmarks(landmarks, "eg3d-wild")
-            angle = cf.rotation_angle_deg(cf.head_rotation(alignment.label), cf.head_rotation(label.numpy()))
+            angle = rotation_angle_deg(head_rotation(alignment.label), head_rotation(label.numpy()))
             assert angle < 9.0, (yaw, pitch, angle)
             assert abs(alignment.yaw_pitch_roll[0] - yaw) < 6.5, (yaw, pitch, alignment.yaw_pitch_roll)
 
@@ -273,12 +283,12 @@ def test_panohead_fixture_rotation_and_crop(shared_fixtures, name):
     if not dataset.is_file():
         pytest.skip(f"{dataset} is not present")
     labels = {entry[0]: np.array(entry[1], dtype=np.float64) for entry in json.loads(dataset.read_text())["labels"]}
-    truth = cf.head_rotation(labels[f"{name}.jpg"])
+    truth = head_rotation(labels[f"{name}.jpg"])
     landmarks = np.array(PANOHEAD_TEST_LANDMARKS[name], dtype=np.float64) + 0.5
     # Measured: 5.4 deg for both photos and both framings (yaw under-estimated: 7.1 vs 11.4, -8.1 vs -12.8).
     for framing in ("eg3d", "panohead"):
         alignment = al.align_landmarks(landmarks, framing, resolution=563)
-        assert cf.rotation_angle_deg(cf.head_rotation(alignment.label), truth) < 10.0
+        assert rotation_angle_deg(head_rotation(alignment.label), truth) < 10.0
     # PanoHead's own crop of its 563 px photo is the identity. Measured: centre off by 7.4 / 8.2 px of 563 (6.7 / 7.4
     # px at 512), scale 1.3 % / 0.1 %; the tolerances are the reference's (8 px at 512, 4 %).
     to_source = al.invert_affine(alignment.matrix)

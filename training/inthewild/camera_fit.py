@@ -102,20 +102,7 @@ def look_at_origin_label(rotation: np.ndarray) -> np.ndarray:
     return _label(rotation.T @ _GL_TO_CV, DEFAULT_RADIUS * rotation.T[:, 2])
 
 
-def head_rotation(label: np.ndarray) -> np.ndarray:
-    """The head rotation R [3, 3] of a label [25] made by ``eg3d_label`` or ``look_at_origin_label``."""
-    label = np.asarray(label, dtype=np.float64)
-    if label.shape != (25,):
-        raise UserError(f"head_rotation: expected a label of 25 numbers, got shape {label.shape}")
-    return _GL_TO_CV @ label[:16].reshape(4, 4)[:3, :3].T
-
-
 def yaw_pitch_roll_deg(label: np.ndarray) -> np.ndarray:
     """Geometric (yaw, pitch, roll) [3] in degrees of a label [25] (``training.cameras.label_yaw_pitch_roll``)."""
     angles = label_yaw_pitch_roll(torch.as_tensor(np.asarray(label, dtype=np.float64)))
     return np.degrees(angles.numpy())
-
-
-def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> float:
-    """Geodesic angle in degrees between two rotations [3, 3]."""
-    return float(np.degrees(Rotation.from_matrix(a.T @ b).magnitude()))
