@@ -55,12 +55,13 @@ SNAPSHOT_NAME = "network-snapshot-inverted.safetensors"
 
 
 def load_image(path: str | Path, size: int, mode: str = "RGB") -> torch.Tensor:
-    """Image file → centre-cropped square resized to ``size``: RGB [1, 3, size, size] in [-1, 1], or with mode 'L'
-    a mask [1, 1, size, size] in [0, 1]."""
+    """Image file (upright by its EXIF orientation) → centre-cropped square resized to ``size``: RGB
+    [1, 3, size, size] in [-1, 1], or with mode 'L' a mask [1, 1, size, size] in [0, 1]."""
     try:
-        image = PIL.Image.open(path).convert(mode)
-    except (OSError, ValueError) as error:
+        data = Path(path).read_bytes()
+    except OSError as error:
         raise UserError(f"{path}: cannot read image ({error})") from None
+    image = PIL.Image.fromarray(load_photo(data, str(path), mode))
     w, h = image.size
     side = min(w, h)
     image = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))

@@ -258,6 +258,18 @@ def test_cli_panohead_photos(cli_setup, shared_fixtures, tmp_path):
     np.testing.assert_array_equal(saved, expected)  # without --optimize-camera the dataset camera is used as is
 
 
+def test_load_image_stands_the_photo_upright(tmp_path):
+    """A target stored sideways with EXIF orientation 6 is turned 90 deg clockwise before the centre crop."""
+    raw = np.random.default_rng(1).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    image = Image.fromarray(raw)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "sideways.png", exif=exif)
+    upright = np.rot90(raw, k=-1)[2:10]  # 12 x 8 after turning; the centred 8 x 8 square
+    loaded = invert.load_image(tmp_path / "sideways.png", 8)
+    np.testing.assert_allclose(((loaded[0].permute(1, 2, 0) + 1) * 127.5).numpy(), upright, atol=1e-3)
+
+
 def test_cli_align_photo(cli_setup, shared_fixtures, tmp_path):
     """--align: the photo is cropped and labelled offline, the estimate is the camera used (no --optimize-camera),
     and it is within 10 deg of PanoHead's label for the photo."""
